@@ -1,0 +1,203 @@
+"""Typed config loading: YAML (or a dict) -> frozen dataclasses, with errors that name the dotted key.
+
+Every service describes its settings as frozen, keyword-only dataclasses (one per section) in `configs/`.
+This module is the single place that turns user input into those objects:
+
+- unknown keys and wrong types raise `ConfigError` naming the dotted path (`train.optim.lr`) and the fix;
+- `--set a.b=c` overrides are parsed as YAML scalars and applied before validation;
+- `to_dict` gives the resolved config back, for saving into a run folder or printing with `--dry-run`.
+
+Field docs live in `field(metadata={"help": ...})` so `--help` texts and docs can be generated from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import fsspec
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message is one line naming the key and the fix."""
+
+
+def doc(help_text: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help text (shown by --help and docs)."""
+    return dataclasses.field(metadata={"help": help_text}, **kwargs)
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_yaml(uri: str) -> dict[str, Any]:
+    """Read a YAML mapping from a local path or any fsspec URI."""
+    try:
+        with fsspec.open(uri, "r") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {uri!r} not found: pass an existing YAML file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {uri!r} is not valid YAML ({e.__class__.__name__}): fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {uri!r} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as a YAML scalar/list) to a nested dict, returning a copy."""
+    out = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return out
+
+
+def load(cls: type[T], uri: str | None = None, overrides: list[str] | None = None,
+         base: dict[str, Any] | None = None, root: str = "") -> T:
+    """Build `cls` from (base dict) <- (YAML file) <- (overrides). Raises ConfigError on any mistake."""
+    data = _deep_copy(base or {})
+    if uri:
+        data = _merge(data, read_yaml(uri))
+    data = apply_overrides(data, overrides or [])
+    return from_dict(cls, data, root)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Validate `data` against dataclass `cls`, recursively; `path` is the dotted prefix for messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = _join(path, unknown[0])
+        raise ConfigError(f"unknown config key {where!r}: valid keys here are {', '.join(sorted(fields))}")
+    kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{path or 'config'}: {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(path)
+    return obj
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key {path!r}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {path!r}: expected a list, got {value!r}")
+        item_t = args[0] if args else Any
+        items = [_coerce(item_t, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {path!r}: expected a mapping, got {value!r}")
+        val_t = args[1] if args else Any
+        return {str(k): _coerce(val_t, v, f"{path}.{k}") for k, v in value.items()}
+    return _scalar(tp, value, path)
+
+
+def _scalar(tp: Any, value: Any, path: str) -> Any:
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"config key {path!r}: unsupported type {tp!r}")
+    raise ConfigError(f"config key {path!r}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+# ----------------------------------------------------------------------------- writing
+
+def to_dict(obj: Any) -> Any:
+    """The resolved config as plain YAML/JSON-ready data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Dotted key -> help text for every documented field of `cls` (recursing into sections)."""
+    out: dict[str, str] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update({f"{f.name}.{k}": v for k, v in field_help(hints[f.name]).items()})
+        elif "help" in f.metadata:
+            out[f.name] = f.metadata["help"]
+    return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = _deep_copy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+__all__ = ["ConfigError", "doc", "load", "from_dict", "read_yaml", "apply_overrides", "to_dict", "dump_yaml",
+           "field_help"]

@@ -1,0 +1,1 @@
+"""Eval workers: probe each published checkpoint asynchronously and write reports."""

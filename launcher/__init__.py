@@ -1,0 +1,1 @@
+"""The `cityscale` command line: one entry point that dispatches to each service's `main(argv)`."""

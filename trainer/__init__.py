@@ -1,0 +1,1 @@
+"""Trainer service: DeepSpeed ZeRO pretraining over streamed shards, publishing checkpoints."""
