@@ -16,6 +16,7 @@ from configs.loader import ConfigError
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("synth",): ("data_shards.synth:main", "draw a synthetic city in the UrbanCLIP toolkit layout"),
     ("shards", "build"): ("data_shards.build:main", "build webdataset shards with Ray"),
+    ("eval", "text-probe"): ("eval.text_probe:main", "caption-only indicator probe on UrbanCLIP-format files"),
 }
 
 
