@@ -7,6 +7,7 @@ does not exist is a one-line error naming it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def default_encoder_path() -> str:
 class SentenceEncoder:
     """Embeds sentences (L2-normalised) and averages them per group (all sentences of one image)."""
 
-    def __init__(self, path: str = "", batch_size: int = 128):
+    def __init__(self, path: str = "", batch_size: int = 128, cache_dir: str = ""):
         path = path or default_encoder_path()
         if not Path(path, "modules.json").is_file() and not Path(path, "config.json").is_file():
             raise ConfigError(f"encoder {path!r} is not a sentence-transformers folder: pass --encoder with a "
@@ -36,12 +37,26 @@ class SentenceEncoder:
         self.name = Path(path).name if Path(path).name != "model" else "all-MiniLM-L6-v2"
         self.model = SentenceTransformer(path, device="cpu")
         self.batch_size = batch_size
+        self.cache_dir = cache_dir
 
     @property
     def dim(self) -> int:
         return int(self.model.get_sentence_embedding_dimension())
 
     def embed(self, sentences: list[str]) -> np.ndarray:
+        """[len(sentences), dim] L2-normalised; cached under cache_dir by a hash of encoder + sentences."""
+        if not self.cache_dir:
+            return self._encode(sentences)
+        digest = hashlib.sha256("\n".join([self.name, *sentences]).encode("utf-8")).hexdigest()[:24]
+        path = Path(self.cache_dir, f"{digest}.npy")
+        if path.is_file():
+            return np.load(path)
+        emb = self._encode(sentences)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, emb)
+        return emb
+
+    def _encode(self, sentences: list[str]) -> np.ndarray:
         return self.model.encode(sentences, batch_size=self.batch_size, normalize_embeddings=True,
                                  show_progress_bar=len(sentences) > self.batch_size, convert_to_numpy=True)
 

@@ -72,9 +72,9 @@ def split_rows(table: CaptionTable, cfg: TextProbeConfig) -> tuple[np.ndarray, n
     return np.flatnonzero(units >= cfg.test_share), np.flatnonzero(units < cfg.test_share)
 
 
-def run(captions: list[str], indicators: list[str], cfg: TextProbeConfig) -> dict:
+def run(captions: list[str], indicators: list[str], cfg: TextProbeConfig, cache_dir: str = "") -> dict:
     """Embed, split and probe every (city, indicator); the result is JSON-ready."""
-    encoder = SentenceEncoder(cfg.encoder)
+    encoder = SentenceEncoder(cfg.encoder, cache_dir=cache_dir)
     out = {"encoder": encoder.name, "split": cfg.split, "split_seed": cfg.split_seed, "cities": {}}
     for table in read_tables(captions, indicators):
         print(f"embedding {sum(map(len, table.sentences))} sentences of {table.city}", file=sys.stderr)
@@ -113,6 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", choices=["random", "spatial"], default=None, help="random (default) or spatial")
     p.add_argument("--config", default=None, help="YAML with TextProbeConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--cache", default="", metavar="DIR",
+                   help="keep sentence embeddings in DIR so another split or probe setting reuses them")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p.parse_args(argv)
 
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.split is not None:
         overrides.append(f"split={args.split}")
     cfg = load(TextProbeConfig, args.config, overrides)
-    result = run(args.captions, args.indicators, cfg)
+    result = run(args.captions, args.indicators, cfg, args.cache)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
