@@ -1,0 +1,138 @@
+"""`cityscale train`: check the config, then run the real deepspeed launcher on `trainer.main`.
+
+    cityscale train --config F --shards URL --run URL [--steps N] [--set k=v] [--nproc N] [--hostfile H] [--dry-run]
+
+Everything that can be wrong in the user's input (unknown key, wrong type, batch not divisible by the ranks,
+missing or empty manifest, unknown model) is checked here first: one line, exit code 2, no process started.
+Then it builds
+
+    deepspeed [--hostfile H | --num_gpus N] --master_port P --no_local_rank --module trainer.main --config F --set ...
+
+On a machine without CUDA the ranks are CPU processes talking gloo: DeepSpeed's CPU accelerator is chosen
+with DS_ACCELERATOR=cpu; its launcher sizes the local pool from the accelerator's device count and
+`--num_gpus N` trims (or widens) it to N ranks, so the same flag gives N CPU ranks. OMP_NUM_THREADS is set to
+cores / ranks so the ranks do not oversubscribe the cores. The launcher also writes the Prometheus file_sd
+target list of the ranks' endpoints to RUN/prometheus_targets.json. `--dry-run` prints the command, the
+resolved config and the generated DeepSpeed config, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import torch
+
+from configs.loader import ConfigError, dump_yaml, read_yaml
+from configs.train import TrainConfig, load_train_config
+from trainer import preflight
+from trainer.ds_config import deepspeed_config
+
+TARGETS_FILE = "prometheus_targets.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cityscale train", description="DeepSpeed ZeRO contrastive pretraining.")
+    p.add_argument("--config", required=True, help="trainer YAML, e.g. configs/train/tiny-cpu.yaml")
+    p.add_argument("--shards", required=True, help="shard folder holding manifest.json (local or s3://)")
+    p.add_argument("--run", required=True, help="run folder for logs and checkpoints (local or s3://)")
+    p.add_argument("--steps", type=int, help="optimizer steps (run.steps)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (without --hostfile)")
+    p.add_argument("--hostfile", help="DeepSpeed hostfile (`host slots=N` lines) for several machines")
+    p.add_argument("--dry-run", action="store_true", help="print command and configs, start nothing")
+    return p
+
+
+def hostfile_ranks(path: str) -> list[tuple[str, int]]:
+    """(host, slots) per line of a DeepSpeed hostfile."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        raise ConfigError(f"--hostfile {path!r} cannot be read: pass an existing file of `host slots=N` lines") from None
+    hosts = []
+    for line in (ln.strip() for ln in lines):
+        if line and not line.startswith("#"):
+            match = re.fullmatch(r"(\S+)\s+slots=(\d+)", line)
+            if not match:
+                raise ConfigError(f"--hostfile {path!r}: bad line {line!r}: expected `host slots=N`")
+            hosts.append((match.group(1), int(match.group(2))))
+    if not hosts:
+        raise ConfigError(f"--hostfile {path!r} lists no hosts: add `host slots=N` lines")
+    return hosts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_command(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    runner = Path(sys.executable).with_name("deepspeed")
+    if not runner.exists():
+        raise ConfigError(f"the deepspeed launcher is not installed next to {sys.executable}: pip install deepspeed")
+    where = ["--hostfile", args.hostfile] if args.hostfile else ["--num_gpus", str(args.nproc)]
+    config = os.path.abspath(args.config) if os.path.exists(args.config) else args.config
+    sets = [item for kv in overrides for item in ("--set", kv)]
+    return [str(runner), *where, "--master_port", str(_free_port()), "--no_local_rank", "--module", "trainer.main",
+            "--config", config, *sets]
+
+
+def launch_env(nproc: int) -> dict[str, str]:
+    """Environment additions for the ranks (CPU accelerator and thread count on machines without CUDA)."""
+    if torch.cuda.is_available():
+        return {}
+    return {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": os.environ.get(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+
+
+def prometheus_targets(cfg: TrainConfig, hosts: list[tuple[str, int]]) -> list[dict]:
+    """file_sd entries: one target per rank, port = port_base + global rank."""
+    run = cfg.run.dir.rstrip("/").rsplit("/", 1)[-1]
+    targets, rank = [], 0
+    for host, slots in hosts:
+        address = cfg.metrics.host if host == "localhost" else host
+        targets += [f"{address}:{cfg.metrics.port_base + rank + i}" for i in range(slots)]
+        rank += slots
+    return [{"targets": targets, "labels": {"job": "cityscale-train", "run": run}}]
+
+
+def _write_targets(cfg: TrainConfig, hosts: list[tuple[str, int]]) -> None:
+    fs, path = fsspec.core.url_to_fs(cfg.run.dir.rstrip("/"))
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(f"{path}/{TARGETS_FILE}", json.dumps(prometheus_targets(cfg, hosts), indent=1).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: must be >= 1")
+    overrides = [*args.set, f"run.shards={args.shards}", f"run.dir={args.run}"]
+    overrides += [f"run.steps={args.steps}"] if args.steps is not None else []
+    cfg = load_train_config(args.config, overrides)
+    hosts = hostfile_ranks(args.hostfile) if args.hostfile else [("localhost", args.nproc)]
+    world_size = sum(slots for _, slots in hosts)
+    preflight.check(cfg, world_size)
+    ds_dict = deepspeed_config(batch=cfg.batch, optim=cfg.optim, schedule=cfg.schedule, zero=cfg.deepspeed,
+                               steps=cfg.run.steps, world_size=world_size,
+                               overrides=read_yaml(cfg.deepspeed.overrides) if cfg.deepspeed.overrides else None)
+    command, env = build_command(args, overrides), launch_env(args.nproc)
+    if args.dry_run:
+        print("# command\n" + " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(command))
+        print("# resolved config\n" + dump_yaml(cfg) + "# deepspeed config\n" + json.dumps(ds_dict, indent=1))
+        return 0
+    if cfg.metrics.port_base:
+        _write_targets(cfg, hosts)
+    return subprocess.run(command, env={**os.environ, **env}, check=False).returncode
+
+
+__all__ = ["main", "build_command", "launch_env", "prometheus_targets", "hostfile_ranks"]

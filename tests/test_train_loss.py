@@ -1,0 +1,153 @@
+"""Gathered-negative losses and feature-cache accumulation equal one process on the concatenated batch.
+
+Two real gloo ranks (torch.multiprocessing spawn, no DeepSpeed) each take half of a batch, compute the loss
+with features gathered with gradient, backward, and average gradients as data parallelism does; one process
+computes the same loss on the whole batch. Loss and every gradient must agree, for InfoNCE (local and full
+form), SigLIP, and with the step split into micro-batches through the feature cache. A small two-tower model
+stands in for open_clip here (the maths is the point; the DeepSpeed test trains the real model).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+
+from configs.train import LossConfig
+from trainer import dist
+from trainer.accum import split_micro, train_step
+from trainer.loss import InfoNCE, SigLIP, build_loss, model_kwargs
+
+N, DIM, TOKENS = 16, 12, 6  # whole batch, image feature size, text length
+CASES = {  # name -> (loss config, micro-batches per rank)
+    "infonce-local": (LossConfig(kind="infonce", local_loss=True), 1),
+    "infonce-local-accum": (LossConfig(kind="infonce", local_loss=True), 2),
+    "infonce-full-accum": (LossConfig(kind="infonce", local_loss=False), 4),
+    "siglip-accum": (LossConfig(kind="siglip"), 2),
+}
+
+
+class Towers(torch.nn.Module):
+    """Image MLP + text embedding bag, normalised features, learnable logit scale (and bias for SigLIP)."""
+
+    def __init__(self, siglip: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = torch.nn.Sequential(torch.nn.Linear(DIM, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+        self.text = torch.nn.EmbeddingBag(50, 8)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_bias = torch.nn.Parameter(torch.tensor(-10.0)) if siglip else None
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"image_features": torch.nn.functional.normalize(self.image(images), dim=-1),
+               "text_features": torch.nn.functional.normalize(self.text(texts), dim=-1),
+               "logit_scale": self.logit_scale.exp()}
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+
+class PlainStepper:
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def forward(self, images, texts):
+        return self.module(images, texts)
+
+    def backward(self, loss):
+        loss.backward()
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(N, DIM, generator=g), torch.randint(1, 50, (N, TOKENS), generator=g)
+
+
+def _run(cfg: LossConfig, micro_per_rank: int, rank: int, world: int) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and gradients of `rank` on its slice of the batch (gradients not yet averaged)."""
+    model = Towers(siglip=bool(model_kwargs(cfg)))
+    images, texts = (t.chunk(world)[rank] for t in _data())
+    result = train_step(PlainStepper(model), build_loss(cfg, rank=rank, world_size=world),
+                        split_micro(images, texts, images.shape[0] // micro_per_rank))
+    return result.losses["loss"], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _worker(rank: int, port: int, out_path: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = {}
+        for name, (cfg, micro) in CASES.items():
+            loss, grads = _run(cfg, micro, rank, 2)
+            mean_loss = dist.all_reduce_sum(torch.tensor(loss)) / 2
+            grads = {n: dist.all_reduce_sum(g) / 2 for n, g in grads.items()}  # what data parallelism does
+            results[name] = {"loss": float(mean_loss), "grads": grads}
+        if rank == 0:
+            torch.save(results, out_path)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_same(loss, grads, ref_loss, ref_grads):
+    assert loss == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for n in ref_grads:
+        assert ref_grads[n].abs().sum() > 0, f"{n}: reference gradient is zero, the test would be vacuous"
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=f"gradient of {n}")
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory) -> dict:
+    """Every case run once on two spawned gloo ranks (one spawn for all cases: process start is the cost)."""
+    out = tmp_path_factory.mktemp("gloo") / "rank0.pt"
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_gloo_ranks_equal_one_process_on_the_concatenated_batch(name, two_rank_results):
+    got = two_rank_results[name]
+    ref_loss, ref_grads = _run(CASES[name][0], 1, 0, 1)
+    _assert_same(got["loss"], got["grads"], ref_loss, ref_grads)
+
+
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_feature_cache_accumulation_equals_one_big_batch(kind):
+    cfg = LossConfig(kind=kind)
+    ref = _run(cfg, 1, 0, 1)
+    got = _run(cfg, 4, 0, 1)
+    _assert_same(*got, *ref)
+
+
+def test_plain_accumulation_would_differ():
+    """Guards the test above: scoring each micro-batch alone (DeepSpeed's accumulation) changes the loss."""
+    images, texts = _data()
+    model, loss_fn = Towers(siglip=False), InfoNCE(rank=0, world_size=1)
+    with torch.no_grad():
+        whole = float(loss_fn(model(images, texts))["contrastive"])
+        parts = sum(float(loss_fn(model(i, t))["contrastive"]) for i, t in split_micro(images, texts, N // 4)) / 4
+    assert abs(whole - parts) > 1e-3
+
+
+def test_local_labels_are_offset_by_rank():
+    """Rank 1 of 2, without a process group: the fake gather puts rank 0's rows first."""
+    feats = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    other = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    outputs = {"image_features": feats, "text_features": feats, "logit_scale": torch.tensor(100.0),
+               "logit_bias": torch.tensor(0.0)}
+    gather = lambda x: torch.cat([other, x])  # noqa: E731 - a stand-in for the all_gather of rank 1
+    right = InfoNCE(rank=1, world_size=2, gather=gather)(outputs)["contrastive"]
+    wrong = InfoNCE(rank=0, world_size=2, gather=gather)(outputs)["contrastive"]
+    assert right < 0.1 < wrong
+    assert SigLIP(rank=1, world_size=2, gather=gather)(outputs)["contrastive"] < \
+        SigLIP(rank=0, world_size=2, gather=gather)(outputs)["contrastive"]

@@ -1,0 +1,77 @@
+"""Gradient accumulation that enlarges the negative pool: the feature cache (open_clip's accum_freq pattern).
+
+Plain gradient accumulation (DeepSpeed's own included) scores each micro-batch only against itself, so the
+negative pool stays one micro-batch. Here one optimizer step sees all its micro-batches as one batch:
+
+1. forward every micro-batch without gradients and cache the pooled outputs (the features);
+2. for each micro-batch j: forward again with gradients, splice its live rows into the cache, compute the
+   loss over the whole pool and backward. Only micro-batch j's rows carry gradient, so summing over j
+   gives exactly the gradient of the whole-pool loss.
+
+Per-step parameters (`loss.shared_keys`: logit scale and bias) are live only for j == 0 and detached
+otherwise, so their gradient is counted once (open_clip counts it accum_freq times). With one micro-batch
+the cache pass is skipped. The recomputed forward must equal the cached one: the models have no dropout
+(a model with dropout would need its RNG replayed).
+
+The stepper is anything with `forward(images, texts) -> outputs` and `backward(loss)`;
+`trainer/engine.py` provides the DeepSpeed one (which also counts the micro-step), tests a plain module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from trainer.loss import Loss
+
+Micro = tuple[torch.Tensor, torch.Tensor]  # (images, texts)
+
+
+class Stepper(Protocol):
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+
+@dataclass(frozen=True)
+class StepResult:
+    losses: dict[str, float]   # the whole-pool loss terms and their sum under "loss"
+    logit_scale: float
+
+
+def split_micro(images: torch.Tensor, texts: torch.Tensor, micro_batch: int) -> list[Micro]:
+    """Cut one rank's step batch into micro-batches of `micro_batch` rows."""
+    return list(zip(images.split(micro_batch), texts.split(micro_batch)))
+
+
+def _cache(stepper: Stepper, micro: list[Micro], keys: tuple[str, ...]) -> list[dict[str, torch.Tensor]]:
+    with torch.no_grad():
+        return [{k: v for k, v in stepper.forward(im, tx).items() if k in keys} for im, tx in micro]
+
+
+def _pool(cached: list[dict[str, torch.Tensor]], live: dict[str, torch.Tensor], j: int,
+          pooled: tuple[str, ...], shared: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Outputs of the whole step with micro-batch j's rows (and, for j == 0, the shared scalars) live."""
+    out = {k: v if j == 0 else v.detach() for k, v in live.items() if k in shared}
+    for k in pooled:
+        out[k] = torch.cat([c[k] for c in cached[:j]] + [live[k]] + [c[k] for c in cached[j + 1:]])
+    return out
+
+
+def train_step(stepper: Stepper, loss_fn: Loss, micro: list[Micro]) -> StepResult:
+    """Forward/backward of one optimizer step over `micro` (the optimizer update is the stepper's business)."""
+    cached = _cache(stepper, micro, loss_fn.pooled_keys) if len(micro) > 1 else [{}]
+    for j, (images, texts) in enumerate(micro):
+        live = stepper.forward(images, texts)
+        outputs = _pool(cached, live, j, loss_fn.pooled_keys, loss_fn.shared_keys) if len(micro) > 1 else live
+        terms = loss_fn(outputs)
+        total = sum(terms.values())
+        stepper.backward(total)
+    values = {k: float(v.detach()) for k, v in terms.items()}  # host sync: once per step
+    values["loss"] = float(total.detach())
+    return StepResult(losses=values, logit_scale=float(outputs["logit_scale"].detach()))
+
+
+__all__ = ["Stepper", "StepResult", "split_micro", "train_step"]

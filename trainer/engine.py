@@ -1,0 +1,95 @@
+"""The only module that imports DeepSpeed: process group, engine, micro-step, checkpoint files.
+
+`Engine` adapts a DeepSpeed engine to what the rest of the trainer needs: `forward`/`backward` for the
+feature-cache accumulation (`backward` also calls DeepSpeed's `step`, which updates only at the
+accumulation boundary, see `trainer/ds_config.py`), the learning rate and grad norm for metrics, a full
+state dict for export (gathered under ZeRO-3), and save/load of DeepSpeed's own checkpoint files.
+
+Loading is restricted to `torch.load(weights_only=True)`: DeepSpeed's stock checkpoint engine unpickles with
+`weights_only=False`, so we swap in one that allowlists exactly the few DeepSpeed classes its files hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
+
+# classes DeepSpeed pickles into its checkpoint files (model, optimizer states; ZeRO stages 0-3, bf16/fp32)
+SAFE_GLOBALS = [LossScaler, ZeroStageEnum, fragment_address]
+
+
+class SafeLoadCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with weights_only=True and an explicit allowlist."""
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def init_distributed() -> None:
+    """Join the process group the deepspeed launcher set up (env: MASTER_ADDR/PORT, RANK, WORLD_SIZE)."""
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+class Engine:
+    """A DeepSpeed engine seen as a feature-cache stepper (trainer/accum.py) plus checkpoint I/O."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+        self.dtype = torch.bfloat16 if ds.bfloat16_enabled() else torch.float32
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.ds(images.to(self.ds.device, self.dtype), texts.to(self.ds.device))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # our per-micro-batch losses are summed, not averaged: no 1/gas factor (trainer/ds_config.py)
+        self.ds.backward(loss, scale_wrt_gas=False)
+        self.ds.step()  # sync point at the accumulation boundary: gradient reduction across ranks, update
+
+    @property
+    def global_steps(self) -> int:
+        return int(self.ds.global_steps)
+
+    def lr(self) -> float:
+        return float(self.ds.get_lr()[0])
+
+    def grad_norm(self) -> float | None:
+        norm = self.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def full_state_dict(self, keep: bool) -> dict[str, torch.Tensor]:
+        """The whole model's weights where `keep` ({} elsewhere); gathered from the partitions under ZeRO-3.
+
+        Collective: every rank calls it, the gather needs them all."""
+        params = list(self.ds.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):  # sync point under ZeRO-3
+            if not keep:
+                return {}
+            return {k: v.detach().clone() for k, v in self.ds.module.state_dict().items()}
+
+    def save(self, folder: str, tag: str) -> None:
+        """DeepSpeed checkpoint files of this rank under folder/tag (collective: every rank calls it)."""
+        self.ds.save_checkpoint(folder, tag=tag, save_latest=False)
+
+    def load(self, folder: str, tag: str) -> None:
+        """Restore module, optimizer and LR schedule from folder/tag (collective)."""
+        path, _ = self.ds.load_checkpoint(folder, tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {folder}/{tag}")
+
+
+def build_engine(module: torch.nn.Module, param_groups: list[dict], config: dict[str, Any]) -> Engine:
+    """deepspeed.initialize with optimizer and scheduler from `config` (trainer/ds_config.py)."""
+    ds, _, _, _ = deepspeed.initialize(model=module, model_parameters=param_groups, config=config)
+    ds.checkpoint_engine = SafeLoadCheckpointEngine(ds._config)
+    return Engine(ds)
+
+
+__all__ = ["Engine", "build_engine", "init_distributed", "SafeLoadCheckpointEngine", "SAFE_GLOBALS"]
