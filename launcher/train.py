@@ -1,12 +1,19 @@
 """`cityscale train`: check the config, then run the real deepspeed launcher on `trainer.main`.
 
-    cityscale train --config F --shards URL --run URL [--steps N] [--set k=v] [--nproc N] [--hostfile H] [--dry-run]
+    cityscale train --config F --shards URL --run URL [--steps N] [--set k=v] [--nproc N]
+                    [--hostfile H --num-nodes N --gpus-per-node G] [--dry-run]
 
 Everything that can be wrong in the user's input (unknown key, wrong type, batch not divisible by the ranks,
 missing or empty manifest, unknown model) is checked here first: one line, exit code 2, no process started.
 Then it builds
 
-    deepspeed [--hostfile H | --num_gpus N] --master_port P --no_local_rank --module trainer.main --config F --set ...
+    deepspeed [--num_gpus N | --hostfile H --num_nodes N --num_gpus G --master_addr A] --master_port P
+              --no_local_rank --module trainer.main --config F --set ...
+
+Multi-node runs go through DeepSpeed's own pdsh/ssh runner: the hostfile's first N hosts, G ranks on each;
+MASTER_ADDR / MASTER_PORT from the environment are passed on (see cluster/deepspeed/env.example), so every
+node agrees on the rendezvous. Hosts that do not resolve and local metrics ports already in use are reported
+before anything starts.
 
 On a machine without CUDA the ranks are CPU processes talking gloo: DeepSpeed's CPU accelerator is chosen
 with DS_ACCELERATOR=cpu; its launcher sizes the local pool from the accelerator's device count and
@@ -48,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (without --hostfile)")
     p.add_argument("--hostfile", help="DeepSpeed hostfile (`host slots=N` lines) for several machines")
+    p.add_argument("--num-nodes", type=int, help="with --hostfile: use the first N hosts (default: all)")
+    p.add_argument("--gpus-per-node", type=int, help="with --hostfile: ranks per node (default: each host's slots)")
     p.add_argument("--dry-run", action="store_true", help="print command and configs, start nothing")
     return p
 
@@ -70,6 +79,41 @@ def hostfile_ranks(path: str) -> list[tuple[str, int]]:
     return hosts
 
 
+def select_hosts(hosts: list[tuple[str, int]], num_nodes: int | None, gpus_per_node: int | None) -> list[tuple[str, int]]:
+    """The hosts and ranks per host a multi-node run uses: the first `num_nodes`, `gpus_per_node` each."""
+    num_nodes = len(hosts) if num_nodes is None else num_nodes
+    if not 1 <= num_nodes <= len(hosts):
+        raise ConfigError(f"--num-nodes {num_nodes}: the hostfile lists {len(hosts)} hosts; pass 1..{len(hosts)}")
+    chosen = hosts[:num_nodes]
+    if gpus_per_node is None:
+        return chosen
+    short = [h for h, slots in chosen if slots < gpus_per_node]
+    if gpus_per_node < 1 or short:
+        raise ConfigError(f"--gpus-per-node {gpus_per_node}: host {short[0] if short else '?'} has fewer slots; "
+                          "raise its slots= in the hostfile or lower --gpus-per-node")
+    return [(h, gpus_per_node) for h, _ in chosen]
+
+
+def check_hosts_resolve(hosts: list[tuple[str, int]]) -> None:
+    """Every hostfile host must resolve, or pdsh fails later with a less helpful message."""
+    for host, _ in hosts:
+        try:
+            socket.getaddrinfo(host, None)
+        except OSError:
+            raise ConfigError(f"hostfile host {host!r} does not resolve: fix the name or add it to /etc/hosts") from None
+
+
+def check_ports_free(host: str, ports: list[int]) -> None:
+    """Local metrics ports must be free before the ranks start (each rank binds base + rank)."""
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                raise ConfigError(f"config key 'metrics.port_base': port {port} on {host} is in use: pass "
+                                  "--set metrics.port_base=<free port> (or 0 to disable the endpoints)") from None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,10 +124,17 @@ def build_command(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     runner = Path(sys.executable).with_name("deepspeed")
     if not runner.exists():
         raise ConfigError(f"the deepspeed launcher is not installed next to {sys.executable}: pip install deepspeed")
-    where = ["--hostfile", args.hostfile] if args.hostfile else ["--num_gpus", str(args.nproc)]
+    if args.hostfile:
+        where = ["--hostfile", args.hostfile]
+        where += ["--num_nodes", str(args.num_nodes)] if args.num_nodes else []
+        where += ["--num_gpus", str(args.gpus_per_node)] if args.gpus_per_node else []
+        where += ["--master_addr", os.environ["MASTER_ADDR"]] if os.environ.get("MASTER_ADDR") else []
+    else:
+        where = ["--num_gpus", str(args.nproc)]
+    port = os.environ.get("MASTER_PORT") or str(_free_port())
     config = os.path.abspath(args.config) if os.path.exists(args.config) else args.config
     sets = [item for kv in overrides for item in ("--set", kv)]
-    return [str(runner), *where, "--master_port", str(_free_port()), "--no_local_rank", "--module", "trainer.main",
+    return [str(runner), *where, "--master_port", port, "--no_local_rank", "--module", "trainer.main",
             "--config", config, *sets]
 
 
@@ -119,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [*args.set, f"run.shards={args.shards}", f"run.dir={args.run}"]
     overrides += [f"run.steps={args.steps}"] if args.steps is not None else []
     cfg = load_train_config(args.config, overrides)
-    hosts = hostfile_ranks(args.hostfile) if args.hostfile else [("localhost", args.nproc)]
+    if (args.num_nodes or args.gpus_per_node) and not args.hostfile:
+        raise ConfigError("--num-nodes/--gpus-per-node need --hostfile (cluster/deepspeed/hostfile.example); "
+                          "use --nproc on one machine")
+    hosts = (select_hosts(hostfile_ranks(args.hostfile), args.num_nodes, args.gpus_per_node) if args.hostfile
+             else [("localhost", args.nproc)])
     world_size = sum(slots for _, slots in hosts)
     preflight.check(cfg, world_size)
     ds_dict = deepspeed_config(batch=cfg.batch, optim=cfg.optim, schedule=cfg.schedule, zero=cfg.deepspeed,
@@ -130,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         print("# command\n" + " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(command))
         print("# resolved config\n" + dump_yaml(cfg) + "# deepspeed config\n" + json.dumps(ds_dict, indent=1))
         return 0
+    if args.hostfile:
+        check_hosts_resolve(hosts)
+    elif cfg.metrics.port_base:
+        check_ports_free(cfg.metrics.host, [cfg.metrics.port_base + r for r in range(world_size)])
     if cfg.metrics.port_base:
         _write_targets(cfg, hosts)
     return subprocess.run(command, env={**os.environ, **env}, check=False).returncode
 
 
-__all__ = ["main", "build_command", "launch_env", "prometheus_targets", "hostfile_ranks"]
+__all__ = ["main", "build_command", "launch_env", "prometheus_targets", "hostfile_ranks", "select_hosts"]
