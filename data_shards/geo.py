@@ -92,3 +92,40 @@ def bd09_to_wgs84(lat: float, lon: float) -> tuple[float, float]:
 
 def wgs84_to_bd09(lat: float, lon: float) -> tuple[float, float]:
     return gcj02_to_bd09(*wgs84_to_gcj02(lat, lon))
+
+
+# ----------------------------------------------------------------------------- tile indices from coordinates
+
+def baidu_tile(lat: float, lon: float, z: int) -> tuple[int, int]:
+    """Baidu tile (x, y) at zoom z holding BD-09 (lat, lon): the inverse of `baidu_tile_center`."""
+    span = tile_span_units(z)
+    x = math.floor(lon * _M_PER_DEG / span)
+    y = math.floor(_MERCATOR_R * math.log(math.tan(math.pi / 4.0 + math.radians(lat) / 2.0)) / span)
+    return x, y
+
+
+def xyz_tile(lat: float, lon: float, z: int) -> tuple[int, int]:
+    """Web-map (OSM/XYZ, y grows southwards) tile (x, y) at zoom z holding WGS84 (lat, lon)."""
+    n = 2**z
+    x = math.floor((lon + 180.0) / 360.0 * n)
+    y = math.floor((1.0 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2.0 * n)
+    return min(max(x, 0), n - 1), min(max(y, 0), n - 1)
+
+
+def xyz_tile_bounds(x: int, y: int, z: int) -> list[float]:
+    """[lon_min, lat_min, lon_max, lat_max] of web-map tile (x, y) at zoom z (exact)."""
+    n = 2**z
+
+    def lat_of(row: float) -> float:
+        return math.degrees(math.atan(math.sinh(math.pi * (1.0 - 2.0 * row / n))))
+
+    return [round(x / n * 360.0 - 180.0, 7), round(lat_of(y + 1), 7),
+            round((x + 1) / n * 360.0 - 180.0, 7), round(lat_of(y), 7)]
+
+
+def xyz_tile_center(x: int, y: int, z: int) -> tuple[float, float]:
+    """WGS84 (lat, lon) of the centre of web-map tile (x, y) at zoom z (centre in Mercator)."""
+    n = 2**z
+    lon = (x + 0.5) / n * 360.0 - 180.0
+    lat = math.degrees(math.atan(math.sinh(math.pi * (1.0 - 2.0 * (y + 0.5) / n))))
+    return lat, lon
