@@ -1,5 +1,6 @@
 """Config sections of the eval workers: the indicator probe, retrieval, and the worker loop.
 
+Sections: ProbeConfig, TextProbeConfig, RetrievalConfig, EvalConfig (one checkpoint), WorkerConfig (the watcher).
 Two probe presets exist: `default` (the project's protocol: small dropout, early stopping on val, test metrics,
 several seeds) and `urbanclip` (the official code's MLP shape, optimiser and target transform, for parity).
 """
@@ -64,3 +65,74 @@ class TextProbeConfig:
             raise ConfigError(f"config key '{path}.test_share' must be in (0, 0.9)")
         if self.block_size < 1:
             raise ConfigError(f"config key '{path}.block_size' must be >= 1")
+
+
+def _key(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrievalConfig:
+    """Image<->text retrieval on the test split."""
+
+    chunk: int = doc("query rows scored at once (memory ~ chunk x split size floats)", default=1024)
+    ks: tuple[int, ...] = doc("recall cut-offs R@k", default=(1, 5, 10))
+    examples: int = doc("test tiles shown in report.html with their top captions", default=6)
+    top_captions: int = doc("captions listed per example tile", default=3)
+
+    def validate(self, path: str) -> None:
+        if self.chunk < 1:
+            raise ConfigError(f"config key {_key(path, 'chunk')!r} must be >= 1")
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"config key {_key(path, 'ks')!r} needs cut-offs >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """One checkpoint's evaluation (`cityscale eval run`, and each checkpoint of `cityscale eval watch`).
+
+    Probes fit on train-split embeddings (at most `max_train_rows`), early-stop on val, and report on test."""
+
+    batch_size: int = doc("tiles per embedding batch", default=128)
+    loader_workers: int = doc("reader DataLoader workers (0 = decode in the eval process)", default=1)
+    max_train_rows: int = doc("cap on train tiles embedded for the probes (whole train shards, spread over the "
+                              "split, until the cap is reached)", default=20000)
+    text_encoder: str = doc("text features of the 'does text help?' probe: '' = the checkpoint's text tower; "
+                            "else a local sentence-transformers folder", default="")
+    color_bins: int = doc("colour histogram baseline: bins per RGB channel", default=8)
+    seed: int = doc("seed of the random-init baseline", default=0)
+    probe: ProbeConfig = doc("indicator probe", default=ProbeConfig())
+    retrieval: RetrievalConfig = doc("retrieval probe", default=RetrievalConfig())
+
+    def validate(self, path: str) -> None:
+        for name in ("batch_size", "max_train_rows", "color_bins"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config key {_key(path, name)!r} must be >= 1")
+        if self.loader_workers < 0:
+            raise ConfigError(f"config key {_key(path, 'loader_workers')!r} must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    """`cityscale eval watch`: polling, claims and metrics of one eval worker."""
+
+    poll_seconds: float = doc("seconds between two looks at RUN/checkpoints/", default=10.0)
+    lease_seconds: float = doc("a claim not renewed for this long is taken over by another worker", default=120.0)
+    metrics_port: int = doc("Prometheus port of the first worker; worker i serves port + i (0 = no endpoint)",
+                            default=0)
+    threads: int = doc("torch threads per worker (0 = cores / workers)", default=0)
+    eval: EvalConfig = doc("what each checkpoint's report contains", default=EvalConfig())
+
+    def validate(self, path: str) -> None:
+        if self.poll_seconds <= 0:
+            raise ConfigError(f"config key {_key(path, 'poll_seconds')!r} must be > 0")
+        if self.lease_seconds < 1:
+            raise ConfigError(f"config key {_key(path, 'lease_seconds')!r} must be >= 1")
+        if self.threads < 0:
+            raise ConfigError(f"config key {_key(path, 'threads')!r} must be >= 0")
+        if not (self.metrics_port == 0 or 1024 <= self.metrics_port <= 65000):
+            raise ConfigError(f"config key {_key(path, 'metrics_port')!r} must be 0 or in 1024..65000")
+
+    def heartbeat_seconds(self) -> float:
+        """How often a worker renews its claim: a quarter of the lease, so three renewals may fail in a row."""
+        return self.lease_seconds / 4

@@ -123,7 +123,8 @@ def probe_indicator(features: np.ndarray, values: np.ndarray, train_idx: np.ndar
     """Run MLP (every seed) and ridge for one indicator; returns per-seed and aggregated test metrics.
 
     `values` are raw indicator values (zeros/missing dropped here); index arrays refer to rows of `features`.
-    Without `val_idx`, a share of train is held out for early stopping (per seed).
+    Without `val_idx`, a share of train is held out for early stopping (per seed). `predictions` holds the test
+    rows with true, ridge and MLP (mean over seeds) log values, for figures.
     """
     ok = set(usable_rows(values).tolist())
     train = np.array([i for i in train_idx if i in ok], dtype=int)
@@ -134,13 +135,14 @@ def probe_indicator(features: np.ndarray, values: np.ndarray, train_idx: np.ndar
     log_v = np.log(np.asarray(values, dtype=float).clip(min=1e-12))
     shift, mean, std = fit_targets(log_v[train], cfg.refined)
     tgt = Targets(rows=np.asarray(sorted(ok)), log_values=log_v, shift=shift, mean=mean, std=std)
-    per_seed = []
+    per_seed, mlp_preds = [], []
     for seed in cfg.seeds:
         fit_rows, val_rows = (train, val) if val is not None and len(val) >= 5 else \
             tuple(train[i] for i in _carve_val(len(train), cfg.val_share, seed))
         xf, xv, xt = _standardise_features(features[fit_rows], features[val_rows], features[test])
         model = fit_mlp(xf, tgt.standardise(log_v[fit_rows]), xv, tgt.standardise(log_v[val_rows]), cfg, seed)
-        per_seed.append(metrics(log_v[test], tgt.restore(_predict_mlp(model, xt))))
+        mlp_preds.append(tgt.restore(_predict_mlp(model, xt)))
+        per_seed.append(metrics(log_v[test], mlp_preds[-1]))
     x_train, x_test = _standardise_features(features[train], features[test])
     ridge = fit_ridge(x_train, tgt.standardise(log_v[train]), cfg.ridge_alphas)
     ridge_pred = tgt.restore(ridge.predict(x_test))
@@ -148,7 +150,8 @@ def probe_indicator(features: np.ndarray, values: np.ndarray, train_idx: np.ndar
         "n_train": int(len(train)), "n_test": int(len(test)),
         "mlp": aggregate(per_seed), "mlp_per_seed": per_seed,
         "ridge": metrics(log_v[test], ridge_pred) | {"alpha": float(ridge.alpha_)},
-        "predictions": {"rows": test.tolist(), "true_log": log_v[test].tolist(), "ridge_log": ridge_pred.tolist()},
+        "predictions": {"rows": test.tolist(), "true_log": log_v[test].tolist(), "ridge_log": ridge_pred.tolist(),
+                        "mlp_log": np.mean(mlp_preds, axis=0).tolist()},  # mean over seeds
     }
 
 

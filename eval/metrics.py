@@ -1,0 +1,124 @@
+"""Eval figures for machines: Prometheus gauges and a JSONL log (the only eval module importing prometheus_client).
+
+Per report: test R2 by city, indicator, feature set and probe; retrieval R@k; the checkpoint step; the lag from
+the checkpoint's publication (its COMPLETE marker) to its report; eval duration; reports by status. Each worker
+serves its own registry on `metrics_port` (0 = no endpoint), so several workers in one host use port + i.
+
+The JSONL log lives next to the reports, one file per worker (`RUN/eval/log/{worker}.jsonl`): one writer per
+file, so appending needs no coordination on S3 (where an append is a read and a rewrite of the object).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from data_shards.storage import join, url_to_fs
+
+
+class JsonlLog:
+    """Append-only JSON lines at a local path or object URI (single writer)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.fs, self.path = url_to_fs(uri)
+        self.local = isinstance(self.fs, LocalFileSystem)
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, default=str) + "\n").encode()
+        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+        if self.local:
+            with self.fs.open(self.path, "ab") as f:
+                f.write(line)
+            return
+        old = self.fs.cat_file(self.path) if self.fs.exists(self.path) else b""
+        self.fs.pipe_file(self.path, old + line)
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.fs.exists(self.path):
+            return []
+        return [json.loads(line) for line in self.fs.cat_file(self.path).decode().splitlines() if line.strip()]
+
+
+def r2_rows(report: dict) -> Iterator[tuple[str, str, str, str, float]]:
+    """(city, indicator, feature set, probe, test R2) of every probe that ran."""
+    for city, by_ind in report.get("regression", {}).items():
+        for ind, sets in by_ind.items():
+            for features, res in sets.items():
+                if "mlp" in res:
+                    yield city, ind, features, "mlp", res["mlp"]["r2"]
+                    yield city, ind, features, "ridge", res["ridge"]["r2"]
+
+
+def recall_rows(report: dict) -> Iterator[tuple[str, str, str, float]]:
+    """(encoder, direction, k, recall) of the retrieval probe."""
+    for encoder, dirs in report.get("retrieval", {}).items():
+        for direction, m in dirs.items():
+            yield from ((encoder, direction, k.removeprefix("r@"), v) for k, v in m.items() if k.startswith("r@"))
+
+
+def summary(report: dict) -> dict[str, Any]:
+    """The report's headline numbers, flat: what the JSONL log carries."""
+    ck = report["checkpoint"]
+    out: dict[str, Any] = {"checkpoint": ck["name"], "step": ck.get("step"), "status": report["status"],
+                           "lag_seconds": report.get("lag_seconds"),
+                           "eval_seconds": report.get("timing", {}).get("total_seconds")}
+    if report["status"] != "ok":
+        return out | {"reason": report.get("reason")}
+    out["r2"] = {f"{c}/{i}/{f}": v for c, i, f, probe, v in r2_rows(report) if probe == "mlp"}
+    out["retrieval"] = {f"{e}/{d}/r@{k}": v for e, d, k, v in recall_rows(report)}
+    return out
+
+
+class EvalMetrics:
+    """Gauges (own registry, optional HTTP endpoint) plus the worker's JSONL log."""
+
+    def __init__(self, log_uri: str, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.log = JsonlLog(log_uri)
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.r2 = Gauge("cityscale_eval_r2", "test R2 of an indicator probe",
+                        ["city", "indicator", "features", "probe"], registry=reg)
+        self.recall = Gauge("cityscale_eval_retrieval_recall", "test retrieval recall at k",
+                            ["encoder", "direction", "k"], registry=reg)
+        self.step = Gauge("cityscale_eval_checkpoint_step", "step of the last reported checkpoint", registry=reg)
+        self.lag = Gauge("cityscale_eval_publish_to_report_seconds", "checkpoint publication to report", registry=reg)
+        self.seconds = Gauge("cityscale_eval_seconds", "duration of the last evaluation", registry=reg)
+        self.reports = Counter("cityscale_eval_reports", "reports written, by status", ["status"], registry=reg)
+        self.server = start_http_server(port, addr=host, registry=reg)[0] if port else None
+
+    def event(self, **record: Any) -> None:
+        """A JSONL line for something the worker did (claimed, lost a lease, ...)."""
+        self.log.append({"time": time.time(), **record})
+
+    def report(self, report: dict) -> None:
+        """Export one finished report: gauges and a JSONL line."""
+        s = summary(report)
+        self.reports.labels(status=s["status"]).inc()
+        if s.get("lag_seconds") is not None:
+            self.lag.set(s["lag_seconds"])
+        if s.get("eval_seconds") is not None:
+            self.seconds.set(s["eval_seconds"])
+        if s["status"] == "ok" and s["step"] is not None:
+            self.step.set(s["step"])
+        for city, ind, features, probe, value in r2_rows(report):
+            self.r2.labels(city, ind, features, probe).set(value)
+        for encoder, direction, k, value in recall_rows(report):
+            self.recall.labels(encoder, direction, k).set(value)
+        self.event(event="report", **s)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+
+def log_uri(run_uri: str, worker_id: str) -> str:
+    return join(run_uri, "eval", "log", f"{worker_id}.jsonl")
+
+
+__all__ = ["EvalMetrics", "JsonlLog", "summary", "r2_rows", "recall_rows", "log_uri"]

@@ -1,0 +1,250 @@
+"""Writing what a person reads: RUN/eval/{checkpoint}/report.json + report.html (+ PNG figures), and
+RUN/eval/index.html across checkpoints.
+
+report.json is written LAST and atomically (temporary name, then move): its presence means the checkpoint is
+reported, which is what a restarted worker checks to skip it. A failed evaluation also writes a report.json
+(status "failed" and the reason), so a broken checkpoint is reported once and then skipped.
+
+The index is rebuilt from every report.json under RUN/eval/ each time a worker writes a report, so it never
+depends on which worker wrote what.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+
+import numpy as np
+
+from data_shards.storage import join, url_to_fs, write_bytes_atomic
+from eval.figures import residual_map, scatter, thumbnail_png, trend
+from eval.probes import HEADLINE
+
+EVAL_DIR = "eval"
+REPORT_JSON, REPORT_HTML, INDEX_HTML, TREND_PNG = "report.json", "report.html", "index.html", "trend.png"
+_SETS_ORDER = ("image", "text", "image+text", "random_init", "color_hist")
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}
+.note{color:#555;font-size:13px}img.fig{max-width:100%}img.thumb{image-rendering:pixelated;width:96px}
+.hit{color:#080;font-weight:bold}"""
+
+
+def report_uri(eval_root: str, name: str) -> str:
+    return join(eval_root, name, REPORT_JSON)
+
+
+def read_json(uri: str) -> dict | None:
+    """A JSON object from storage, or None when missing or not (yet) valid."""
+    fs, path = url_to_fs(uri)
+    try:
+        data = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def has_report(eval_root: str, name: str) -> bool:
+    fs, path = url_to_fs(report_uri(eval_root, name))
+    return fs.exists(path)
+
+
+# ----------------------------------------------------------------------------- one checkpoint
+
+def _fig(out: str, name: str, png: bytes) -> str:
+    write_bytes_atomic(join(out, name), png)
+    return name
+
+
+def _figures(out: str, report: dict) -> list[tuple[str, str]]:
+    """Write the scatter and map PNGs; (caption, file name) pairs for the page."""
+    panels, made = [], []
+    for city, by_ind in report.get("regression", {}).items():
+        for ind, sets in by_ind.items():
+            res = sets.get(HEADLINE, {})
+            if "predictions" not in res:
+                continue
+            p = res["predictions"]
+            panels.append({"title": f"{city} / {ind}", "true": p["true_log"], "pred": p["mlp_log"],
+                           "r2": res["mlp"]["r2"]})
+            made.append((f"{city} / {ind}: test tiles on the grid (image MLP probe)",
+                         _fig(out, f"map_{city}_{ind}.png".replace(" ", "_"),
+                              residual_map(f"{city} / {ind}", p["x"], p["y"], p["true_log"], p["mlp_log"]))))
+    if panels:
+        made.insert(0, ("predicted vs true on the test split (image MLP probe, mean over seeds)",
+                        _fig(out, "scatter.png", scatter(panels))))
+    return made
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "–" if v is None or not np.isfinite(v) else format(v, fmt)
+
+
+def _probe_cell(r: dict) -> str:
+    """MLP test R2 (mean ± std over seeds), with ridge R2, MLP RMSE and row counts below."""
+    if not r:
+        return "<td>–</td>"
+    if "skipped" in r:
+        return f"<td>{escape(r['skipped'])}</td>"
+    m = r["mlp"]
+    return (f"<td class=num>{_num(m['r2'])} ± {_num(m['r2_std'])}<br><span class=note>ridge {_num(r['ridge']['r2'])}, "
+            f"RMSE {_num(m['rmse'])}, n={r['n_train']}/{r['n_test']}</span></td>")
+
+
+def _regression_table(regression: dict) -> str:
+    sets = [s for s in _SETS_ORDER if any(s in r for c in regression.values() for r in c.values())]
+    head = "".join(f"<th>{escape(s)}</th>" for s in sets)
+    rows = [f"<tr><td>{escape(city)}</td><td>{escape(ind)}</td>"
+            f"{''.join(_probe_cell(res.get(s, {})) for s in sets)}</tr>"
+            for city, by_ind in regression.items() for ind, res in by_ind.items()]
+    return (f"<table><tr><th>city</th><th>indicator</th>{head}</tr>{''.join(rows)}</table>"
+            "<p class=note>Test R² of the MLP probe (mean ± std over seeds) on log values; below it the ridge "
+            "baseline's R², the MLP's RMSE and rows train/test.</p>")
+
+
+def _retrieval_table(retrieval: dict) -> str:
+    rows = []
+    for encoder, dirs in retrieval.items():
+        for direction, m in dirs.items():
+            ks = [k for k in m if k.startswith("r@")]
+            cells = "".join(f"<td class=num>{_num(m[k])}</td>" for k in ks)
+            rows.append(f"<tr><td>{escape(encoder)}</td><td>{escape(direction.replace('_', ' '))}</td>{cells}"
+                        f"<td class=num>{_num(m['mean_rank'], '.1f')}</td><td class=num>{_num(m['median_rank'], '.0f')}"
+                        f"</td><td class=num>{m['n']}</td></tr>")
+    ks = [k for k in next(iter(next(iter(retrieval.values())).values())) if k.startswith("r@")] if retrieval else []
+    head = "".join(f"<th>{escape(k.upper())}</th>" for k in ks)
+    return (f"<table><tr><th>encoder</th><th>direction</th>{head}<th>mean rank</th><th>median rank</th>"
+            f"<th>pool</th></tr>{''.join(rows)}</table>")
+
+
+def _examples(examples: list[dict], thumbs: dict[int, np.ndarray]) -> str:
+    rows = []
+    for ex in examples:
+        img = thumbs.get(ex["row"])
+        src = ("data:image/png;base64," + base64.b64encode(thumbnail_png(img)).decode()) if img is not None else ""
+        top = "".join(f"<li{' class=hit' if t['correct'] else ''}>{escape(t['caption'])}</li>" for t in ex["top"])
+        rows.append(f"<tr><td><img class=thumb src='{src}'><br><span class=note>{escape(ex['key'])}</span></td>"
+                    f"<td><ol>{top}</ol></td><td class=note>{escape(ex['caption'])}</td></tr>")
+    return ("<table><tr><th>tile (model input)</th><th>top captions of the test split (green = its own)</th>"
+            f"<th>its own caption</th></tr>{''.join(rows)}</table>")
+
+
+def _transfer_table(transfer: dict) -> str:
+    rows = [f"<tr><td>{escape(pair)}</td><td>{escape(ind)}</td>"
+            + (f"<td colspan=3>{escape(r['skipped'])}</td>" if "skipped" in r else
+               f"<td class=num>{_num(r['mlp_r2'])} ± {_num(r['mlp_r2_std'])}</td><td class=num>{_num(r['ridge_r2'])}"
+               f"</td><td class=num>{r['n_train']}/{r['n_test']}</td>") + "</tr>"
+            for pair, by_ind in transfer.items() for ind, r in by_ind.items()]
+    return ("<table><tr><th>fit -> test</th><th>indicator</th><th>MLP R²</th><th>ridge R²</th><th>rows</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def _summary(report: dict) -> str:
+    ck, data, timing = report["checkpoint"], report.get("data", {}), report.get("timing", {})
+    tiles = ", ".join(f"{k} {v}" for k, v in data.get("tiles", {}).items()) or None
+    items = [("checkpoint", ck["uri"]), ("step", ck.get("step")), ("status", report["status"]),
+             ("evaluated", report.get("finished_at_utc")),
+             ("publish → report lag", _num(report.get("lag_seconds"), ".1f") + " s"),
+             ("eval time", _num(timing.get("total_seconds"), ".1f") + " s"),
+             ("shards", data.get("uri")), ("data fingerprint", data.get("fingerprint")), ("tiles per split", tiles),
+             ("seeds", report.get("seeds")), ("text features", report.get("text_features")),
+             ("protocol", report.get("protocol"))]
+    lines = "".join(f"<li><b>{escape(k)}</b>: {escape(str(v))}</li>" for k, v in items if v is not None)
+    return f"<ul>{lines}</ul>"
+
+
+def render_html(report: dict, figs: list[tuple[str, str]], thumbs: dict[int, np.ndarray]) -> str:
+    parts = [f"<h1>cityscale eval: {escape(report['checkpoint']['name'])}</h1>", _summary(report)]
+    if report["status"] != "ok":
+        parts.append(f"<p class=bad><b>failed</b>: {escape(report.get('reason', ''))}</p>")
+    parts += [f"<p class=note>{escape(n)}</p>" for n in report.get("notes", [])]
+    if report.get("regression"):
+        parts += ["<h2>Indicator probes (test split)</h2>", _regression_table(report["regression"])]
+    if report.get("transfer"):
+        parts += ["<h2>Cross-city transfer (image features)</h2>", _transfer_table(report["transfer"])]
+    parts += [f"<h3>{escape(cap)}</h3><img class=fig src='{escape(name)}'>" for cap, name in figs]
+    if report.get("retrieval"):
+        parts += ["<h2>Image ↔ text retrieval (test split)</h2>", _retrieval_table(report["retrieval"])]
+    if report.get("examples"):
+        parts += ["<h3>Examples</h3>", _examples(report["examples"], thumbs)]
+    body = "\n".join(parts)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{escape(report['checkpoint']['name'])}</title>"
+            f"<style>{_STYLE}</style></head><body>{body}<p class=note><a href='../{INDEX_HTML}'>all checkpoints</a>"
+            "</p></body></html>")
+
+
+def write_report(out: str, report: dict, thumbs: dict[int, np.ndarray] | None = None) -> None:
+    """Figures and report.html first, report.json last (its presence marks the checkpoint as reported)."""
+    figs = _figures(out, report) if report["status"] == "ok" else []
+    write_bytes_atomic(join(out, REPORT_HTML), render_html(report, figs, thumbs or {}).encode())
+    write_bytes_atomic(join(out, REPORT_JSON), (json.dumps(report, indent=1) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- index across checkpoints
+
+def read_reports(eval_root: str) -> list[dict]:
+    """Every report.json under RUN/eval/*/, by step (reports without a step last)."""
+    fs, root = url_to_fs(eval_root)
+    try:
+        folders = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(root, detail=True)
+                   if e.get("type") == "directory"]
+    except FileNotFoundError:
+        return []
+    reports = [r for r in (read_json(report_uri(eval_root, f)) for f in folders) if r is not None]
+    return sorted(reports, key=lambda r: (r["checkpoint"].get("step") is None, r["checkpoint"].get("step") or 0))
+
+
+def _mean_r2(report: dict, indicator: str, feature_set: str) -> float:
+    vals = [sets[feature_set]["mlp"]["r2"] for by_ind in report.get("regression", {}).values()
+            for ind, sets in by_ind.items() if ind == indicator and "mlp" in sets.get(feature_set, {})]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _trend_series(ok: list[dict]) -> tuple[dict, dict, dict]:
+    indicators = sorted({i for r in ok for c in r.get("regression", {}).values() for i in c})
+    series = {i: [_mean_r2(r, i, HEADLINE) for r in ok] for i in indicators}
+    baselines = {i: [_mean_r2(r, i, "random_init") for r in ok] for i in indicators}
+    retrieval = {f"{d.replace('_to_', '→')} R@{k}": [r.get("retrieval", {}).get("checkpoint", {}).get(d, {}).get(
+        f"r@{k}", float("nan")) for r in ok] for d in ("image_to_text", "text_to_image") for k in (1, 5)}
+    return series, baselines, retrieval
+
+
+def _index_row(r: dict, indicators: list[str]) -> str:
+    ck = r["checkpoint"]
+    link = f"<a href='{escape(ck['name'])}/{REPORT_HTML}'>{escape(ck['name'])}</a>"
+    if r["status"] != "ok":
+        return f"<tr><td>{link}</td><td>{ck.get('step')}</td><td colspan={len(indicators) + 3} class=bad>failed: " \
+               f"{escape(r.get('reason', ''))}</td></tr>"
+    cells = "".join(f"<td class=num>{_num(_mean_r2(r, i, HEADLINE))} <span class=note>(random "
+                    f"{_num(_mean_r2(r, i, 'random_init'))})</span></td>" for i in indicators)
+    ret = r.get("retrieval", {}).get("checkpoint", {})
+    return (f"<tr><td>{link}</td><td>{ck.get('step')}</td>{cells}"
+            f"<td class=num>{_num(ret.get('image_to_text', {}).get('r@1'))}</td>"
+            f"<td class=num>{_num(ret.get('text_to_image', {}).get('r@1'))}</td>"
+            f"<td class=num>{_num(r.get('lag_seconds'), '.1f')}</td></tr>")
+
+
+def write_index(eval_root: str) -> int:
+    """Rebuild RUN/eval/index.html (+ trend.png) from every report; returns the number of reports listed."""
+    reports = read_reports(eval_root)
+    ok = [r for r in reports if r["status"] == "ok" and r["checkpoint"].get("step") is not None]
+    series, baselines, retrieval = _trend_series(ok)
+    trend_img = ""
+    if ok:
+        png = trend([r["checkpoint"]["step"] for r in ok], series, baselines, retrieval)
+        trend_img = f"<img class=fig src='{_fig(eval_root, TREND_PNG, png)}'>"
+    indicators = list(series)
+    head = "".join(f"<th>{escape(i)} R²</th>" for i in indicators)
+    rows = "".join(_index_row(r, indicators) for r in reports)
+    html = (f"<!doctype html><html><head><meta charset=utf-8><title>cityscale eval</title><style>{_STYLE}</style>"
+            f"</head><body><h1>cityscale eval: {len(reports)} checkpoint reports</h1>{trend_img}"
+            f"<table><tr><th>checkpoint</th><th>step</th>{head}<th>image→text R@1</th><th>text→image R@1</th>"
+            f"<th>lag (s)</th></tr>{rows}</table><p class=note>R²: test split, image MLP probe, mean over cities "
+            "(random-init baseline of the same architecture in brackets).</p></body></html>")
+    write_bytes_atomic(join(eval_root, INDEX_HTML), html.encode())
+    return len(reports)
+
+
+__all__ = ["EVAL_DIR", "REPORT_JSON", "REPORT_HTML", "INDEX_HTML", "report_uri", "has_report", "render_html",
+           "write_report", "read_reports", "write_index"]

@@ -1,0 +1,193 @@
+"""`cityscale eval run --checkpoint URL --shards URL --out DIR`: evaluate one checkpoint and write its report.
+
+The same `evaluate` runs inside the watcher (eval/worker.py) for every published checkpoint. Steps:
+
+    fetch + load the exported model, and a random-init twin of the same architecture   (failure -> failed report)
+    embed train (capped) / val / test once: checkpoint towers, random-init towers, colour histograms
+    indicator probes per city x indicator x feature set; cross-city transfer when there are several cities
+    retrieval on test (checkpoint and random init), a few examples with thumbnails
+    report.json (+ report.html and figures)
+
+A checkpoint that cannot be loaded gives a report with status "failed" and the reason (exit code 1 here);
+shards without indicators skip the regression probes and say so in the report's notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+from configs.eval import EvalConfig
+from configs.loader import ConfigError, load, to_dict
+from data_shards.format import REPORT_NAME, caption_text
+from data_shards.reader import Manifest, read_manifest
+from data_shards.storage import join, url_to_fs
+from eval.baselines import ClipFeatures, ColorHistogram
+from eval.checkpoints import CheckpointError, CheckpointRef, fetch, load_model, local_workdir, ref_from_uri
+from eval.embed import SplitData, embed_split
+from eval.probes import HEADLINE, feature_sets, indicator_probes, transfer_probes
+from eval.report import write_report
+from eval.retrieval import retrieval, top_matches
+from eval.text_encoder import SentenceEncoder
+
+PROTOCOL = ("probe fit on train-split tiles (capped), early stopping on val, metrics on test; log targets "
+            "z-scored with train statistics")
+
+
+def check_shards(manifest: Manifest) -> None:
+    """Eval needs train (to fit probes) and test (to score them) shards; ConfigError otherwise."""
+    for split in ("train", "test"):
+        manifest.split_shards(split)
+
+
+def data_fingerprint(manifest: Manifest) -> str:
+    """sha256 over the source fingerprint and the shard checksums: same number = same bytes evaluated."""
+    parts = [str(manifest.raw.get("source_fingerprint", ""))] + sorted(
+        f"{s['name']}:{s.get('sha256', '')}" for s in manifest.shards)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def base_report(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig) -> dict:
+    return {"status": "running", "checkpoint": {"name": ref.name, "uri": ref.uri, "step": ref.step,
+                                                 "published_at": ref.published_at},
+            "data": {"uri": shards_uri}, "seeds": list(cfg.probe.seeds), "protocol": PROTOCOL,
+            "config": to_dict(cfg), "notes": [], "timing": {}}
+
+
+def finish(report: dict, started: float, status: str, reason: str | None = None) -> dict:
+    now = time.time()
+    report.update(status=status, finished_at=now,
+                  finished_at_utc=datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    report["timing"]["total_seconds"] = now - started
+    published = report["checkpoint"].get("published_at")
+    report["lag_seconds"] = now - published if published else None
+    if reason:
+        report["reason"] = reason
+    return report
+
+
+def _embed_all(manifest: Manifest, folder: str, cfg: EvalConfig, progress: bool) -> dict[str, SplitData]:
+    model = load_model(folder)
+    random = load_model(folder, weights=False, seed=cfg.seed)
+    extractors = [ClipFeatures(model.module), ClipFeatures(random.module, prefix="random_"),
+                  ColorHistogram(model.mean, model.std, cfg.color_bins)]
+    splits = {"train": embed_split(manifest, "train", extractors, model, cfg, max_rows=cfg.max_train_rows,
+                                   progress=progress)}
+    if any(s["split"] == "val" for s in manifest.shards):
+        splits["val"] = embed_split(manifest, "val", extractors, model, cfg, progress=progress)
+    splits["test"] = embed_split(manifest, "test", extractors, model, cfg, thumbs=cfg.retrieval.examples,
+                                 progress=progress)
+    return splits
+
+
+def _text_features(splits: dict[str, SplitData], cfg: EvalConfig) -> str:
+    """Name of the feature used as 'text' in the probes: the tower's, or a sentence encoder's ('sentence')."""
+    if not cfg.text_encoder:
+        return "text"
+    encoder = SentenceEncoder(cfg.text_encoder)
+    for data in splits.values():
+        data.features["sentence"] = encoder.embed_groups([s or [""] for s in data.sentences])
+    return "sentence"
+
+
+def _examples(test: SplitData, cfg: EvalConfig) -> list[dict]:
+    rows = sorted(test.thumbs)
+    tops = top_matches(test.features["image"], test.features["text"], rows, cfg.retrieval.top_captions)
+    return [{"row": row, "key": test.keys[row], "caption": caption_text(test.sentences[row]),
+             "top": [{"caption": caption_text(test.sentences[j]), "correct": j == row} for j in top]}
+            for row, top in zip(rows, tops)]
+
+
+def spike_notes(shards_uri: str) -> list[str]:
+    """Notes on fill values the shard builder found (e.g. the toolkit's GDP 10000.0): they show as stripes in
+    the scatter plots, and a reader should know why."""
+    fs, path = url_to_fs(join(shards_uri, REPORT_NAME))
+    try:
+        spikes = json.loads(fs.cat_file(path)).get("indicator_spikes") or []
+    except (FileNotFoundError, ValueError, AttributeError):
+        return []
+    return [f"{s['indicator']}: {100 * s['share']:.0f}% of the rows are 0, left out of the probes" if s["value"] == 0
+            else f"{s['indicator']}: the value {s['value']:g} holds {100 * s['share']:.0f}% of the rows (a fill value? "
+            "it shows as a vertical stripe in the scatter plot)" for s in spikes]
+
+
+def _probe_section(report: dict, splits: dict[str, SplitData], manifest: Manifest, text_key: str,
+                   cfg: EvalConfig, progress: bool) -> None:
+    train, val, test = splits["train"], splits.get("val"), splits["test"]
+    if not manifest.indicators:
+        report["notes"].append("the shards hold no indicators: regression probes skipped")
+        return
+    if val is None:
+        report["notes"].append("no val split: early stopping on a share of the train tiles")
+    report["notes"] += spike_notes(manifest.uri)
+    sets = feature_sets(text_key)
+    report["regression"] = indicator_probes(train, val, test, manifest.indicators, sets, cfg.probe, progress)
+    if not report["regression"]:
+        report["notes"].append("no test tile has an indicator value: regression probes skipped")
+    if len(set(test.cities)) > 1:
+        report["transfer"] = transfer_probes(train, val, test, manifest.indicators, sets[HEADLINE], cfg.probe)
+
+
+def evaluate(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig, *,
+             progress: bool = True) -> tuple[dict, dict]:
+    """(report, test thumbnails) of one checkpoint; a checkpoint that cannot be loaded gives status 'failed'."""
+    started = time.time()
+    report = base_report(ref, shards_uri, cfg)
+    manifest = read_manifest(shards_uri)
+    check_shards(manifest)
+    report["data"].update(fingerprint=data_fingerprint(manifest), indicators=manifest.indicators,
+                          cities=manifest.cities)
+    try:
+        with local_workdir() as folder:
+            fetch(ref, folder)
+            splits = _embed_all(manifest, folder, cfg, progress)
+    except CheckpointError as e:
+        return finish(report, started, "failed", str(e)), {}
+    report["timing"]["embed_seconds"] = {k: d.seconds for k, d in splits.items()}
+    report["data"].update(tiles={k: len(d) for k, d in splits.items()},
+                          skipped={k: d.skipped for k, d in splits.items() if d.skipped})
+    text_key = _text_features(splits, cfg)
+    report["text_features"] = cfg.text_encoder or "checkpoint text tower"
+    probe_start = time.time()
+    _probe_section(report, splits, manifest, text_key, cfg, progress)
+    report["timing"]["probe_seconds"] = time.time() - probe_start
+    test, ks, chunk = splits["test"], cfg.retrieval.ks, cfg.retrieval.chunk
+    report["retrieval"] = {"checkpoint": retrieval(test.features["image"], test.features["text"], ks, chunk),
+                           "random_init": retrieval(test.features["random_image"], test.features["random_text"],
+                                                    ks, chunk)}
+    report["examples"] = _examples(test, cfg)
+    return finish(report, started, "ok"), test.thumbs
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cityscale eval run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (RUN/checkpoints/step_N, local or s3://)")
+    p.add_argument("--shards", required=True, help="shard folder holding manifest.json")
+    p.add_argument("--out", required=True, help="folder receiving report.json, report.html and figures")
+    p.add_argument("--config", default=None, help="YAML with EvalConfig fields (configs/eval.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load(EvalConfig, args.config, args.set)
+    ref = ref_from_uri(args.checkpoint)
+    report, thumbs = evaluate(ref, args.shards, cfg, progress=not args.no_progress)
+    write_report(args.out, report, thumbs)
+    print(f"{ref.name}: {report['status']}{' (' + report['reason'] + ')' if 'reason' in report else ''} "
+          f"-> {args.out}")
+    return 0 if report["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        print(f"cityscale eval run: {e}", file=sys.stderr)
+        sys.exit(2)
