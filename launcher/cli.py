@@ -15,7 +15,7 @@ from configs.loader import ConfigError
 # subcommand words -> "module:function" taking argv and returning an exit code
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("synth",): ("data_shards.synth:main", "draw a synthetic city in the UrbanCLIP toolkit layout"),
-    ("shards", "build"): ("data_shards.build:main", "build webdataset shards with Ray"),
+    ("shards", "build"): ("launcher.shards:main", "build webdataset shards with Ray (local, or a Ray job)"),
     ("eval", "text-probe"): ("eval.text_probe:main", "caption-only indicator probe on UrbanCLIP-format files"),
     ("eval", "watch"): ("eval.worker:main", "evaluate every published checkpoint of a run (eval workers)"),
     ("eval", "run"): ("eval.run:main", "evaluate one checkpoint and write its report"),
