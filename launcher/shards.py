@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nlauncher options:\n  --ray-address http://HEAD:8265   submit as a Ray job (Job Submission API) and "
               "stream its logs\n  --ray-pip FILE                   with a dashboard address: pip requirements the "
               "job installs (e.g. cluster/ray/requirements-shards.txt)")
-        return 0
+        raise SystemExit(0)  # as argparse does for --help
     address, pip_file, build_argv = split_submission(argv)
     if address is None:
         return build.main(build_argv)

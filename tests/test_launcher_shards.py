@@ -19,7 +19,8 @@ from launcher.shards import split_submission
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = """
 import ray, sys, time
-ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]))
+ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]),
+         _node_ip_address="127.0.0.1")
 print("ready", flush=True)
 time.sleep(600)
 """
@@ -36,7 +37,7 @@ def ray_head():
     port = _free_port()
     # a throwaway loopback head (no token to hand around) whose `python` is this venv's, as a cluster image's
     # python is the one with the project installed
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-c", HEAD, str(port)], stdout=subprocess.PIPE, text=True,
                             start_new_session=True, env=env)

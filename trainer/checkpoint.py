@@ -33,10 +33,11 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from configs.train import CheckpointConfig
+from eval.checkpoints import COMPLETE, LATEST, checkpoint_name, step_of
 from trainer import dist
 from trainer.dist import DistInfo
 
-LATEST, COMPLETE, DS_TAG = "latest", "COMPLETE", "ds"
+DS_TAG = "ds"  # DeepSpeed's own files inside a checkpoint folder
 
 
 class Saveable(Protocol):
@@ -92,7 +93,7 @@ class Checkpointer:
         return True
 
     def save(self, step: int, loader_state: dict) -> None:
-        name = f"step_{step}"
+        name = checkpoint_name(step)
         stage = os.path.join(self.stage_root, f".tmp-{name}")
         if self._stager():
             shutil.rmtree(stage, ignore_errors=True)
@@ -142,8 +143,8 @@ class Checkpointer:
         if not self.fs.exists(self.root):
             return []
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-        steps = [n for n in names if n.startswith("step_") and self.fs.exists(f"{self.root}/{n}/{COMPLETE}")]
-        return sorted(steps, key=lambda n: int(n.removeprefix("step_")))
+        steps = [n for n in names if step_of(n) is not None and self.fs.exists(f"{self.root}/{n}/{COMPLETE}")]
+        return sorted(steps, key=step_of)
 
     # ------------------------------------------------------------------ restore
 
