@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from configs.loader import ConfigError, doc
+from configs.loader import ConfigError, doc, key_path
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,10 +67,6 @@ class TextProbeConfig:
             raise ConfigError(f"config key '{path}.block_size' must be >= 1")
 
 
-def _key(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
 @dataclass(frozen=True, kw_only=True)
 class RetrievalConfig:
     """Image<->text retrieval on the test split."""
@@ -82,9 +78,9 @@ class RetrievalConfig:
 
     def validate(self, path: str) -> None:
         if self.chunk < 1:
-            raise ConfigError(f"config key {_key(path, 'chunk')!r} must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'chunk')!r} must be >= 1")
         if not self.ks or min(self.ks) < 1:
-            raise ConfigError(f"config key {_key(path, 'ks')!r} needs cut-offs >= 1")
+            raise ConfigError(f"config key {key_path(path, 'ks')!r} needs cut-offs >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,9 +103,9 @@ class EvalConfig:
     def validate(self, path: str) -> None:
         for name in ("batch_size", "max_train_rows", "color_bins"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"config key {_key(path, name)!r} must be >= 1")
+                raise ConfigError(f"config key {key_path(path, name)!r} must be >= 1")
         if self.loader_workers < 0:
-            raise ConfigError(f"config key {_key(path, 'loader_workers')!r} must be >= 0")
+            raise ConfigError(f"config key {key_path(path, 'loader_workers')!r} must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,13 +121,13 @@ class WorkerConfig:
 
     def validate(self, path: str) -> None:
         if self.poll_seconds <= 0:
-            raise ConfigError(f"config key {_key(path, 'poll_seconds')!r} must be > 0")
+            raise ConfigError(f"config key {key_path(path, 'poll_seconds')!r} must be > 0")
         if self.lease_seconds < 1:
-            raise ConfigError(f"config key {_key(path, 'lease_seconds')!r} must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'lease_seconds')!r} must be >= 1")
         if self.threads < 0:
-            raise ConfigError(f"config key {_key(path, 'threads')!r} must be >= 0")
+            raise ConfigError(f"config key {key_path(path, 'threads')!r} must be >= 0")
         if not (self.metrics_port == 0 or 1024 <= self.metrics_port <= 65000):
-            raise ConfigError(f"config key {_key(path, 'metrics_port')!r} must be 0 or in 1024..65000")
+            raise ConfigError(f"config key {key_path(path, 'metrics_port')!r} must be 0 or in 1024..65000")
 
     def heartbeat_seconds(self) -> float:
         """How often a worker renews its claim: a quarter of the lease, so three renewals may fail in a row."""

@@ -13,8 +13,10 @@ Field docs live in `field(metadata={"help": ...})` so `--help` texts and docs ca
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from collections.abc import Callable
+from typing import Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import fsspec
 import yaml
@@ -90,9 +92,9 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        where = _join(path, unknown[0])
+        where = key_path(path, unknown[0])
         raise ConfigError(f"unknown config key {where!r}: valid keys here are {', '.join(sorted(fields))}")
-    kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
+    kwargs = {name: _coerce(hints[name], value, key_path(path, name)) for name, value in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -184,8 +186,20 @@ def field_help(cls: type) -> dict[str, str]:
     return out
 
 
-def _join(path: str, key: str) -> str:
+def key_path(path: str, key: str) -> str:
+    """`path.key`, or `key` at the top level: the dotted name a ConfigError shows."""
     return f"{path}.{key}" if path else key
+
+
+def run_module(main: Callable[[], int], prog: str) -> NoReturn:
+    """`python -m` entry of a service: a ConfigError becomes one line on stderr and exit code 2; Ctrl-C 130."""
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -200,4 +214,4 @@ def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["ConfigError", "doc", "load", "from_dict", "read_yaml", "apply_overrides", "to_dict", "dump_yaml",
-           "field_help"]
+           "field_help", "key_path", "run_module"]

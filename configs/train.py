@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from configs.data import LoaderConfig
-from configs.loader import ConfigError, doc, load
-
-
-def _key(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+from configs.loader import ConfigError, doc, key_path, load
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +26,7 @@ class RunConfig:
 
     def validate(self, path: str) -> None:
         if self.steps < 1:
-            raise ConfigError(f"config key {_key(path, 'steps')!r}: {self.steps} must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'steps')!r}: {self.steps} must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,17 +50,17 @@ class BatchConfig:
     def validate(self, path: str) -> None:
         for name in ("global_batch", "micro_batch"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"config key {_key(path, name)!r}: {getattr(self, name)} must be >= 1")
+                raise ConfigError(f"config key {key_path(path, name)!r}: {getattr(self, name)} must be >= 1")
         if self.global_batch % self.micro_batch:
-            raise ConfigError(f"config key {_key(path, 'micro_batch')!r}: {self.micro_batch} does not divide "
-                              f"{_key(path, 'global_batch')}={self.global_batch}: pick a divisor")
+            raise ConfigError(f"config key {key_path(path, 'micro_batch')!r}: {self.micro_batch} does not divide "
+                              f"{key_path(path, 'global_batch')}={self.global_batch}: pick a divisor")
 
     def check(self, world_size: int, path: str = "batch") -> None:
         """Raise ConfigError unless micro_batch x world_size divides global_batch."""
         if self.global_batch % (self.micro_batch * world_size):
             raise ConfigError(
-                f"config key {_key(path, 'micro_batch')!r}: micro_batch x ranks = {self.micro_batch} x {world_size} "
-                f"does not divide {_key(path, 'global_batch')}={self.global_batch}: pick global_batch as a "
+                f"config key {key_path(path, 'micro_batch')!r}: micro_batch x ranks = {self.micro_batch} x {world_size} "
+                f"does not divide {key_path(path, 'global_batch')}={self.global_batch}: pick global_batch as a "
                 f"multiple of {self.micro_batch * world_size}")
 
     def per_rank(self, world_size: int) -> int:
@@ -90,11 +86,11 @@ class OptimConfig:
 
     def validate(self, path: str) -> None:
         if self.lr <= 0:
-            raise ConfigError(f"config key {_key(path, 'lr')!r}: {self.lr} must be > 0")
+            raise ConfigError(f"config key {key_path(path, 'lr')!r}: {self.lr} must be > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"config key {_key(path, 'betas')!r}: {list(self.betas)} must be two values in [0, 1)")
+            raise ConfigError(f"config key {key_path(path, 'betas')!r}: {list(self.betas)} must be two values in [0, 1)")
         if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ConfigError(f"config key {_key(path, 'grad_clip')!r} / 'weight_decay' must be >= 0")
+            raise ConfigError(f"config key {key_path(path, 'grad_clip')!r} / 'weight_decay' must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,9 +103,9 @@ class ScheduleConfig:
 
     def validate(self, path: str) -> None:
         if self.warmup_steps < 1:
-            raise ConfigError(f"config key {_key(path, 'warmup_steps')!r}: {self.warmup_steps} must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'warmup_steps')!r}: {self.warmup_steps} must be >= 1")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"config key {_key(path, 'min_lr_ratio')!r}: {self.min_lr_ratio} must be in [0, 1]")
+            raise ConfigError(f"config key {key_path(path, 'min_lr_ratio')!r}: {self.min_lr_ratio} must be in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,9 +139,9 @@ class CheckpointConfig:
 
     def validate(self, path: str) -> None:
         if self.every_steps < 0:
-            raise ConfigError(f"config key {_key(path, 'every_steps')!r}: {self.every_steps} must be >= 0")
+            raise ConfigError(f"config key {key_path(path, 'every_steps')!r}: {self.every_steps} must be >= 0")
         if self.keep_last < 1:
-            raise ConfigError(f"config key {_key(path, 'keep_last')!r}: {self.keep_last} must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'keep_last')!r}: {self.keep_last} must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,9 +157,9 @@ class MetricsConfig:
 
     def validate(self, path: str) -> None:
         if not (self.port_base == 0 or 1024 <= self.port_base <= 65000):
-            raise ConfigError(f"config key {_key(path, 'port_base')!r}: {self.port_base} must be 0 or in 1024..65000")
+            raise ConfigError(f"config key {key_path(path, 'port_base')!r}: {self.port_base} must be 0 or in 1024..65000")
         if self.log_every < 1:
-            raise ConfigError(f"config key {_key(path, 'log_every')!r}: {self.log_every} must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'log_every')!r}: {self.log_every} must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,10 +188,10 @@ class TrainConfig:
 
     def validate(self, path: str) -> None:
         if self.data.split != "train":
-            raise ConfigError(f"config key {_key(path, 'data.split')!r}: the trainer reads the 'train' split, "
+            raise ConfigError(f"config key {key_path(path, 'data.split')!r}: the trainer reads the 'train' split, "
                               f"got {self.data.split!r}")
         if self.schedule.warmup_steps > self.run.steps:
-            raise ConfigError(f"config key {_key(path, 'schedule.warmup_steps')!r}: {self.schedule.warmup_steps} "
+            raise ConfigError(f"config key {key_path(path, 'schedule.warmup_steps')!r}: {self.schedule.warmup_steps} "
                               f"exceeds run.steps={self.run.steps}: lower it")
 
     def check_runnable(self, world_size: int) -> None:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from datetime import datetime, timezone
 
 from configs.eval import EvalConfig
-from configs.loader import ConfigError, load, to_dict
+from configs.loader import load, run_module, to_dict
 from data_shards.format import REPORT_NAME, caption_text
 from data_shards.reader import Manifest, read_manifest
 from data_shards.storage import join, url_to_fs
@@ -186,8 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as e:
-        print(f"cityscale eval run: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_module(main, "cityscale eval run")

@@ -29,7 +29,7 @@ import traceback
 import torch
 
 from configs.eval import WorkerConfig
-from configs.loader import ConfigError, load
+from configs.loader import ConfigError, load, run_module
 from data_shards.reader import read_manifest
 from data_shards.storage import join
 from eval.checkpoints import CheckpointRef, list_complete
@@ -199,10 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as e:
-        print(f"cityscale eval watch: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_module(main, "cityscale eval watch")

@@ -165,7 +165,7 @@ def test_hostfile_world_size_and_prometheus_targets(tmp_path, shards):
     hostfile.write_text("# two machines\nworker-0 slots=2\nworker-1 slots=1\n")
     hosts = hostfile_ranks(str(hostfile))
     assert hosts == [("worker-0", 2), ("worker-1", 1)]
-    cfg = load_train_config(TINY, [f"run.dir=s3://b/runs/r7", "metrics.port_base=9500"])
+    cfg = load_train_config(TINY, ["run.dir=s3://b/runs/r7", "metrics.port_base=9500"])
     assert prometheus_targets(cfg, hosts) == [{"targets": ["worker-0:9500", "worker-0:9501", "worker-1:9502"],
                                                "labels": {"job": "cityscale-train", "run": "r7"}}]
     assert prometheus_targets(cfg, [("localhost", 2)])[0]["targets"] == ["127.0.0.1:9500", "127.0.0.1:9501"]
