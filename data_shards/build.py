@@ -19,12 +19,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from configs.loader import ConfigError, apply_overrides, field_help, from_dict, read_yaml
+from configs.loader import ConfigError, apply_overrides, field_help, from_dict, read_yaml, run_module
 from configs.shards import ShardsConfig
 from data_shards import ray_tasks
 from data_shards.format import MANIFEST_NAME, REPORT_NAME, SHARD_RE, TMP_PREFIX, city_slug, shard_name
 from data_shards.plan import Chunk, load_records, matching_record, plan_chunks, record_name, state_uri
-from data_shards.records import Scan
+from data_shards.records import Scan, Tile
 from data_shards.report import Tally, build_manifest, build_report, find_spikes, print_summary
 from data_shards.sources import read_source
 from data_shards.splits import assign_split
@@ -44,7 +44,7 @@ def run(cfg: ShardsConfig) -> dict[str, Any]:
     start = time.perf_counter()
     cfg = _absolute_paths(cfg)
     scan = read_source(cfg.source)
-    tiles = [replace(t, split=assign_split(city_slug(t.city), t.x, t.y, cfg.split)) for t in scan.tiles]
+    tiles = _with_splits(scan.tiles, cfg)
     chunks = plan_chunks(tiles, cfg)
     out = cfg.output.uri
     makedirs(out)
@@ -73,6 +73,17 @@ def run(cfg: ShardsConfig) -> dict[str, Any]:
     write_json_atomic(join(out, MANIFEST_NAME), manifest)  # last: its presence marks a complete build
     _remove_stale(out, manifest, chunks)
     return report
+
+
+def fresh_jobs(cfg: ShardsConfig) -> list[ChunkJob]:
+    """The chunk jobs of building `cfg` from scratch (no earlier build kept), without running them: for
+    bench/shards.py, which times the tasks apart from the build."""
+    cfg = _absolute_paths(cfg)
+    return _jobs(cfg, plan_chunks(_with_splits(read_source(cfg.source).tiles, cfg), cfg), {})
+
+
+def _with_splits(tiles: list[Tile], cfg: ShardsConfig) -> list[Tile]:
+    return [replace(t, split=assign_split(city_slug(t.city), t.x, t.y, cfg.split)) for t in tiles]
 
 
 def _absolute_paths(cfg: ShardsConfig) -> ShardsConfig:
@@ -104,6 +115,8 @@ class _Publisher:
 
     def accept(self, job: ChunkJob, result: dict[str, Any]) -> list[ChunkJob]:
         """Take one task result; publish what is now in order; return chunks that must be rebuilt."""
+        if result["parts"] is None:
+            return [replace(job, reuse=None)]  # a kept chunk's shards are damaged or gone: rebuild it
         self.bar.update(len(job.tiles))
         self.waiting[(job.split, job.index)] = (job, result)
         split = job.split
@@ -228,8 +241,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as e:
-        print(f"cityscale shards build: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_module(main, "cityscale shards build")

@@ -4,7 +4,9 @@ Plain Ray tasks rather than Ray Data (shared KNOWN_PITFALLS.md #6: Ray Data need
 with uuids, caps no shard sizes and publishes nothing atomically). Each task reads its chunk's images itself
 through fsspec and writes its shard(s) to temporary names; results are small dicts. The driver keeps at most
 `ray.num_workers` tasks in flight, submitting the largest chunks first so the last wave stays short, and hands
-every result to a callback that publishes it (and may ask for a chunk to be run again).
+every result to a callback that publishes it (and may ask for a chunk to be run again). It prepares each
+chunk's pixel-independent sample bytes (writer.prepare) one chunk ahead, while the workers run, so a worker
+that finishes does not wait for that.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import ray
 
 from configs.shards import RayConfig
-from data_shards.writer import ChunkJob, run_chunk
+from data_shards.writer import ChunkJob, ChunkTask, prepare, run_chunk
 
 
 def connect(cfg: RayConfig) -> bool:
@@ -31,7 +33,9 @@ def connect(cfg: RayConfig) -> bool:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=cfg.num_workers, include_dashboard=False, logging_level=logging.WARNING)
+        # a local instance serves this machine only: keep it on loopback
+        ray.init(num_cpus=cfg.num_workers, include_dashboard=False, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")
     return True
 
 
@@ -40,8 +44,8 @@ def shutdown() -> None:
 
 
 @ray.remote(num_cpus=1)
-def _chunk_task(job: ChunkJob) -> dict[str, Any]:
-    return run_chunk(job)
+def _chunk_task(task: ChunkTask) -> dict[str, Any]:
+    return run_chunk(task)
 
 
 def run_jobs(jobs: list[ChunkJob], num_workers: int,
@@ -49,10 +53,14 @@ def run_jobs(jobs: list[ChunkJob], num_workers: int,
     """Run every job (largest first, <= num_workers in flight); `on_result` returns jobs to run again."""
     queue = deque(sorted(jobs, key=lambda j: (-len(j.tiles), j.split, j.index)))
     in_flight: dict[ray.ObjectRef, ChunkJob] = {}
+    ahead: tuple[ChunkJob, ChunkTask] | None = None  # the next job, prepared while the workers run
     while queue or in_flight:
         while queue and len(in_flight) < num_workers:
             job = queue.popleft()
-            in_flight[_chunk_task.remote(job)] = job
+            task = ahead[1] if ahead is not None and ahead[0] is job else prepare(job)
+            in_flight[_chunk_task.remote(task)] = job
+        if queue and (ahead is None or ahead[0] is not queue[0]):
+            ahead = (queue[0], prepare(queue[0]))
         # sync point: block until at least one task has finished
         done, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in done:

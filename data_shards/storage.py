@@ -59,24 +59,6 @@ def tmp_name(final_name: str) -> str:
     return f"{TMP_PREFIX}{final_name}.{uuid.uuid4().hex[:12]}"
 
 
-class HashingWriter:
-    """A write-only stream that forwards to `f` while computing sha256 and size (no second read)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f, self._sha, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self._sha.update(data)
-        self.size += len(data)
-        return self._f.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-
 def publish(fs: AbstractFileSystem, tmp_path: str, final_path: str) -> None:
     """Move a fully written temporary file to its final name (rename locally, copy + delete on S3)."""
     fs.mv(tmp_path, final_path)
@@ -178,6 +160,6 @@ def read_many(uris: list[str]) -> list[bytes | Exception]:
     return out
 
 
-__all__ = ["url_to_fs", "absolute", "join", "tmp_name", "HashingWriter", "publish", "write_bytes_atomic",
+__all__ = ["url_to_fs", "absolute", "join", "tmp_name", "publish", "write_bytes_atomic",
            "write_json_atomic", "sha256_file", "list_folder", "makedirs", "remove", "stat_many", "file_stat",
            "read_many"]

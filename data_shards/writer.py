@@ -1,11 +1,22 @@
-"""What one Ray task does with one chunk: read, hash and re-encode its images, write tar shards under temporary
-names, capping each at the byte limit; or, for an unchanged chunk, check that its published shards are intact.
+"""What one Ray task does with one chunk: read, hash and re-encode its images and write tar shards under
+temporary names, capping each at the byte limit; or, for an unchanged chunk, check that its published shards
+are intact. Publishing the temporary files under final names is the driver's job (data_shards/build.py), since
+only it knows the next free shard index.
 
 Plain Python (no Ray here), so tests and the benchmark can call it directly. Tar members are written in key
 order as USTAR entries with fixed mtime, owner and mode (the layout tarfile writes, headers built from a
-template for speed), so equal inputs give equal bytes. Each shard's sha256 is computed while it is written
-(no read-back). Publishing the temporary files under final names is the driver's job (data_shards/build.py),
-since only it knows the next free shard index.
+template), so equal inputs give equal bytes.
+
+Division of work, chosen so that a task costs little more than the plain decode-resize-encode loop
+(docs/benchmarks.md, "Shard builder"):
+- `prepare` (on the driver, when the chunk is submitted) turns each tile into a `SampleSpec`: all of the
+  sample's tar bytes that do not depend on the pixels (metadata JSON up to and after the image's sha256,
+  caption text, their tar headers) and the text of its source digest. The driver already holds these values,
+  and shipping a few bytes objects per tile is cheaper to pickle and unpickle than the `Tile` records.
+- The task reads its images in batches through fsspec, decode-resize-encodes and sha256s each, and assembles
+  its sample (JPEG header + JPEG + the spec's bytes around the sha256). Samples are joined into blocks of
+  ~256 KiB, each hashed and written in one call: a few large writes cost the kernel about half of many
+  per-sample writes, and the shard's sha256 comes from the buffer being written (no read-back).
 """
 
 from __future__ import annotations
@@ -14,22 +25,25 @@ import hashlib
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from data_shards.encode import CorruptImage, encode_tile
 from data_shards.format import caption_text, dumps, sample_metadata
 from data_shards.records import Tile
-from data_shards.storage import HashingWriter, read_many, sha256_file, tmp_name, url_to_fs
+from data_shards.storage import read_many, sha256_file, tmp_name, url_to_fs
 
 _BLOCK, _RECORD = 512, 10240  # tar block size; tarfile pads an archive to a multiple of 20 blocks
-_READ_AHEAD = 64  # images read per batch
+_BATCH = 64  # tiles read and encoded together (bounds the memory held for large source images)
+_FLUSH = 256 * 1024  # bytes of samples hashed and written at once (a block that stays in the CPU's L2 cache)
+_PADS = tuple(bytes(-n % _BLOCK) for n in range(_BLOCK))  # zero padding after a member of n (mod 512) bytes
+_SHA_SLOT = "0" * 64  # stands for the image's sha256 while the driver builds the metadata JSON
+_SHA_FIELD = b'"image_sha256":"'
 
 
 @dataclass(frozen=True)
 class ChunkJob:
-    """Everything a task needs: the chunk, the encode settings and the previous record when reusable."""
+    """A chunk as the driver plans it: its tiles, the encode settings and the previous record when reusable."""
 
     out: str
     split: str
@@ -43,24 +57,70 @@ class ChunkJob:
     reuse: dict[str, Any] | None = None
 
 
-def run_chunk(job: ChunkJob) -> dict[str, Any]:
-    """{"reused", "parts": [{name|tmp, samples, bytes, sha256}], "stats"} for one chunk."""
-    if job.reuse is not None and published_intact(job.out, job.reuse["parts"]):
-        return {"reused": True, "parts": job.reuse["parts"], "stats": job.reuse["stats"]}
-    return write_chunk(job)
+class SampleSpec(NamedTuple):
+    """One sample's bytes apart from its JPEG member and its image's sha256 (64 hex digits, which go between
+    `head` and `tail`), and what the task needs besides."""
+
+    image: str  # URI of the source image
+    jpg_name: bytes  # the jpg member's header up to its size field (name and fixed fields)
+    jpg_checksum: int  # the part of that header's checksum that does not depend on the size
+    head: bytes  # json member header, metadata JSON up to the image's sha256
+    tail: bytes  # rest of the JSON, padding, txt member (header, caption text, padding)
+    digest_head: bytes  # what sample_digest hashes before the image's sha256 ...
+    digest_tail: bytes  # ... and after it
+    null_reasons: tuple[str, ...]
 
 
-def published_intact(out: str, parts: list[dict[str, Any]]) -> bool:
-    """True when every recorded part exists under its name with the recorded size and sha256."""
-    fs, folder = url_to_fs(out)
-    for part in parts:
-        path = f"{folder}/{part['name']}"
-        try:
-            if fs.info(path)["size"] != part["bytes"] or sha256_file(fs, path) != part["sha256"]:
-                return False
-        except FileNotFoundError:
-            return False
-    return True
+@dataclass(frozen=True)
+class ChunkTask:
+    """What a Ray task receives for a ChunkJob (see `prepare`); `samples` is empty when `reuse` is set."""
+
+    out: str
+    stem: str  # temporary part names are derived from it: {split}-chunk{index:06d}-{part}.tar
+    samples: tuple[SampleSpec, ...]
+    image_size: int
+    jpeg_quality: int
+    max_bytes: int
+    reuse: dict[str, Any] | None
+
+
+def prepare(job: ChunkJob) -> ChunkTask:
+    """The task for `job`, with each tile turned into a SampleSpec, unless the job only checks a kept chunk."""
+    samples = () if job.reuse is not None else tuple(sample_spec(t, job.caption_source) for t in job.tiles)
+    return ChunkTask(out=job.out, stem=f"{job.split}-chunk{job.index:06d}", samples=samples,
+                     image_size=job.image_size, jpeg_quality=job.jpeg_quality, max_bytes=job.max_bytes,
+                     reuse=job.reuse)
+
+
+def sample_spec(tile: Tile, caption_source: str) -> SampleSpec:
+    """The pixel-independent bytes of a tile's sample: format.sample_metadata serialised by format.dumps with
+    a placeholder sha256, cut around it, and the caption text, with their tar headers and padding."""
+    sentences = list(tile.sentences)
+    meta = dumps(sample_metadata(city=tile.city, z=tile.z, x=tile.x, y=tile.y, lat=tile.lat, lon=tile.lon,
+                                 bounds=tile.bounds, indicators=tile.indicators, sentences=sentences,
+                                 caption_source=caption_source, poi=tile.poi, image_sha256=_SHA_SLOT,
+                                 split=tile.split))
+    # an unescaped `"image_sha256":"` followed by the placeholder can only be the top-level field
+    before, slot, after = meta.partition(_SHA_FIELD + _SHA_SLOT.encode("ascii"))
+    if not slot:
+        raise RuntimeError("format.sample_metadata has no image_sha256 string field: update writer.sample_spec")
+    text = caption_text(sentences).encode("utf-8")
+    stem = tile.key.encode("ascii")  # keys are [a-z0-9_-] and at most ~50 characters (format.sample_key)
+    if len(stem) > 95:
+        raise ValueError(f"tar member names of key {tile.key!r} would be longer than USTAR's 100 bytes")
+    tail = (after, _PADS[len(meta) % _BLOCK], _header(stem + b".txt", len(text)), text, _PADS[len(text) % _BLOCK])
+    return SampleSpec(image=tile.image, jpg_name=_name_field(stem + b".jpg"),
+                      jpg_checksum=_TEMPLATE_SUM + sum(stem + b".jpg"),
+                      head=_header(stem + b".json", len(meta)) + before + _SHA_FIELD, tail=b"".join(tail),
+                      digest_head=stem + b"|", digest_tail=f"|{tile.sentences}|{tile.indicators}|{tile.poi}".encode(),
+                      null_reasons=tile.null_reasons)
+
+
+def sample_digest(spec: SampleSpec, image_sha: bytes) -> int:
+    """sha256 (as an int) of `"{key}|{image_sha256}|{sentences}|{indicators}|{poi}"` (Python reprs), what
+    identifies a sample's source content; XOR-combined over samples into the manifest's source_fingerprint, so
+    it is independent of splits and shard sizes (docs/shard-format.md)."""
+    return int.from_bytes(hashlib.sha256(spec.digest_head + image_sha + spec.digest_tail).digest(), "big")
 
 
 # ----------------------------------------------------------------------------- tar members
@@ -79,107 +139,144 @@ def _ustar_template() -> bytes:
 
 _TEMPLATE = _ustar_template()
 _TEMPLATE_SUM = sum(_TEMPLATE)
+_MIDDLE, _TAIL = _TEMPLATE[136:148], _TEMPLATE[156:]  # the fixed fields around the checksum
 
 
-def tar_member(name: str, data: bytes) -> list[bytes]:
-    """One regular-file tar member as [header, data, padding]. Built from a template because tarfile's
-    per-member header code costs about a tenth of a tile's whole encode time (bench/shards.py)."""
-    encoded = name.encode("ascii")  # keys are [a-z0-9_-] and at most ~70 characters (format.sample_key)
-    if len(encoded) > 100:
-        raise ValueError(f"tar member name {name!r} is longer than USTAR's 100 bytes")
-    size = b"%011o\0" % len(data)
-    checksum = b"%06o\0 " % (_TEMPLATE_SUM + sum(encoded) + sum(size))
-    header = b"".join((encoded, _TEMPLATE[len(encoded):124], size, _TEMPLATE[136:148], checksum, _TEMPLATE[156:]))
-    return [header, data, bytes(-len(data) % _BLOCK)]
+def _name_field(name: bytes) -> bytes:
+    """A header's first 124 bytes: the member name, then the template's fixed fields up to the size field."""
+    return name + _TEMPLATE[len(name):124]
 
 
-def _sample_bytes(tile: Tile, jpg: bytes, image_sha: str, caption_source: str) -> bytes:
-    """The sample's three members in extension order (jpg, json, txt), as webdataset groups them by key."""
-    sentences = list(tile.sentences)
-    meta = sample_metadata(city=tile.city, z=tile.z, x=tile.x, y=tile.y, lat=tile.lat, lon=tile.lon,
-                           bounds=tile.bounds, indicators=tile.indicators, sentences=sentences,
-                           caption_source=caption_source, poi=tile.poi, image_sha256=image_sha, split=tile.split)
-    text = caption_text(sentences).encode("utf-8")
-    return b"".join([*tar_member(f"{tile.key}.jpg", jpg), *tar_member(f"{tile.key}.json", dumps(meta)),
-                     *tar_member(f"{tile.key}.txt", text)])
+def _header_pieces(name_field: bytes, checksum_base: int, size: int) -> tuple[bytes, ...]:
+    """A regular-file member's header, in pieces: the template with name, size and checksum filled in
+    (tarfile's per-member code costs about a tenth of a tile's encode time). `checksum_base` is the byte sum
+    of the template (checksum field as spaces) and the name."""
+    size_field = b"%011o\0" % size
+    return name_field, size_field, _MIDDLE, b"%06o\0 " % (checksum_base + sum(size_field)), _TAIL
 
 
-# ----------------------------------------------------------------------------- writing
+def _header(name: bytes, size: int) -> bytes:
+    return b"".join(_header_pieces(_name_field(name), _TEMPLATE_SUM + sum(name), size))
 
-class _Part:
-    """One tar being written to a temporary file, with its exact final size known at every step."""
 
-    def __init__(self, out: str, stem: str) -> None:
-        self.fs, folder = url_to_fs(out)
-        self.tmp = tmp_name(stem)
-        self._file = self.fs.open(f"{folder}/{self.tmp}", "wb")
-        self._hash = HashingWriter(self._file)
-        self.samples = 0
+def _closed_size(size: int) -> int:
+    """Bytes of a closed archive whose members take `size` bytes: tarfile's layout, i.e. two zero blocks as end
+    marker, then zero padding to a multiple of 20 blocks."""
+    return -(-(size + 2 * _BLOCK) // _RECORD) * _RECORD
 
-    def size_with(self, extra: int) -> int:
-        """Bytes of the closed archive if `extra` more member bytes were added: tarfile's layout, i.e. two
-        zero blocks as end marker, then zero padding to a multiple of 20 blocks."""
-        total = self._hash.size + extra + 2 * _BLOCK
-        return -(-total // _RECORD) * _RECORD
 
-    def add(self, sample: bytes) -> None:
-        self._hash.write(sample)
-        self.samples += 1
+# ----------------------------------------------------------------------------- the task
 
-    def close(self) -> dict[str, Any]:
-        self._hash.write(bytes(self.size_with(0) - self._hash.size))
-        self._file.close()
-        return {"tmp": self.tmp, "samples": self.samples, "bytes": self._hash.size, "sha256": self._hash.hexdigest()}
+def run_chunk(task: ChunkTask) -> dict[str, Any]:
+    """{"reused", "parts": [{name|tmp, samples, bytes, sha256}], "stats"} for one chunk; "parts" is None when
+    a kept chunk's shards are no longer intact (the driver then submits the chunk again, to be rebuilt)."""
+    if task.reuse is not None:
+        if published_intact(task.out, task.reuse["parts"]):
+            return {"reused": True, "parts": task.reuse["parts"], "stats": task.reuse["stats"]}
+        return {"reused": False, "parts": None, "stats": None}
+    return write_samples(task)
+
+
+def published_intact(out: str, parts: list[dict[str, Any]]) -> bool:
+    """True when every recorded part exists under its name with the recorded size and sha256."""
+    fs, folder = url_to_fs(out)
+    for part in parts:
+        path = f"{folder}/{part['name']}"
+        try:
+            if fs.info(path)["size"] != part["bytes"] or sha256_file(fs, path) != part["sha256"]:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
 
 
 def write_chunk(job: ChunkJob) -> dict[str, Any]:
-    """Encode the chunk's tiles into one or more temporary tar parts, starting a new part at the byte cap."""
+    """Encode a chunk's tiles into temporary tar parts in this process (what its Ray task would do)."""
+    return write_samples(prepare(replace(job, reuse=None)))
+
+
+def write_samples(task: ChunkTask) -> dict[str, Any]:
+    """Encode the task's samples into one or more temporary tar parts, starting a new part at the byte cap."""
     cpu_start = time.process_time()
-    stats = {"encoded": 0, "skipped": Counter(), "nulls": Counter(), "digest": 0}
-    parts: list[dict[str, Any]] = []
-    current: _Part | None = None
-    stem = f"{job.split}-chunk{job.index:06d}"
-    for tile, sample in _samples(job, stats):
-        if current is not None and current.samples and current.size_with(len(sample)) > job.max_bytes:
-            parts.append(current.close())
-            current = None
-        if current is None:
-            current = _Part(job.out, f"{stem}-{len(parts)}.tar")
-        current.add(sample)
-        if tile.null_reasons:
-            stats["nulls"].update(tile.null_reasons)
-    if current is not None:
-        parts.append(current.close())
-    return {"reused": False, "parts": parts,
-            "stats": {"encoded": stats["encoded"], "skipped": dict(stats["skipped"]), "nulls": dict(stats["nulls"]),
-                      "digest": f"{stats['digest']:064x}", "cpu_seconds": time.process_time() - cpu_start}}
+    parts = _Parts(task.out, task.stem, task.max_bytes)
+    skipped, nulls, digest, encoded = Counter(), Counter(), 0, 0
+    for start in range(0, len(task.samples), _BATCH):
+        batch = task.samples[start:start + _BATCH]
+        for spec, image_sha, jpg in _encoded(batch, task, skipped):
+            padding = _PADS[len(jpg) % _BLOCK]
+            parts.add((*_header_pieces(spec.jpg_name, spec.jpg_checksum, len(jpg)), jpg, padding,
+                       spec.head, image_sha, spec.tail),
+                      _BLOCK + len(jpg) + len(padding) + len(spec.head) + len(image_sha) + len(spec.tail))
+            digest ^= sample_digest(spec, image_sha)
+            if spec.null_reasons:
+                nulls.update(spec.null_reasons)
+            encoded += 1
+    return {"reused": False, "parts": parts.close(),
+            "stats": {"encoded": encoded, "skipped": dict(skipped), "nulls": dict(nulls),
+                      "digest": f"{digest:064x}", "cpu_seconds": time.process_time() - cpu_start}}
 
 
-def _samples(job: ChunkJob, stats: dict[str, Any]) -> Iterator[tuple[Tile, bytes]]:
-    """(tile, sample tar bytes) for each readable, decodable tile, in the chunk's key order."""
-    for start in range(0, len(job.tiles), _READ_AHEAD):
-        batch = job.tiles[start:start + _READ_AHEAD]
-        for tile, data in zip(batch, read_many([t.image for t in batch])):
-            if isinstance(data, Exception):
-                stats["skipped"]["missing_image"] += 1  # vanished or unreadable since planning
-                continue
-            try:
-                jpg = encode_tile(data, job.image_size, job.jpeg_quality)
-            except CorruptImage:
-                stats["skipped"]["corrupt_image"] += 1
-                continue
-            stats["encoded"] += 1
-            image_sha = hashlib.sha256(data).hexdigest()
-            stats["digest"] ^= sample_digest(tile, image_sha)
-            yield tile, _sample_bytes(tile, jpg, image_sha, job.caption_source)
+def _encoded(batch: tuple[SampleSpec, ...], task: ChunkTask, skipped: Counter) -> list[tuple[SampleSpec, bytes, bytes]]:
+    """(spec, sha256 hex of the source bytes, re-encoded JPEG) for each readable, decodable image of a batch."""
+    out = []
+    for spec, data in zip(batch, read_many([s.image for s in batch])):
+        if isinstance(data, Exception):
+            skipped["missing_image"] += 1  # vanished or unreadable since planning
+            continue
+        try:
+            jpg = encode_tile(data, task.image_size, task.jpeg_quality)
+        except CorruptImage:
+            skipped["corrupt_image"] += 1
+            continue
+        out.append((spec, hashlib.sha256(data).hexdigest().encode("ascii"), jpg))  # hashed while still in cache
+    return out
 
 
-def sample_digest(tile: Tile, image_sha: str) -> int:
-    """sha256 (as an int) of what identifies a sample's source content (key, image bytes, sentences,
-    indicators, POI); XOR-combined over samples into the manifest's source_fingerprint, so it is independent
-    of splits and shard sizes. A plain string rather than JSON: this runs once per tile."""
-    text = f"{tile.key}|{image_sha}|{tile.sentences}|{tile.indicators}|{tile.poi}"
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big")
+class _Parts:
+    """The chunk's tar parts, written one after the other to temporary files. Samples are buffered up to
+    _FLUSH bytes, then joined, hashed and written in one call each; a new part starts when the next sample
+    would take the closed archive past `max_bytes` (exact tar sizes are known before writing)."""
+
+    def __init__(self, out: str, stem: str, max_bytes: int) -> None:
+        self.fs, self.folder = url_to_fs(out)
+        self.stem, self.max_bytes = stem, max_bytes
+        self.done: list[dict[str, Any]] = []
+        self._file: Any = None
+        self._pending: list[bytes] = []
+
+    def add(self, pieces: tuple[bytes, ...], size: int) -> None:
+        if self._file is not None and self.samples and _closed_size(self.size + size) > self.max_bytes:
+            self._close()
+        if self._file is None:
+            self.tmp = tmp_name(f"{self.stem}-{len(self.done)}.tar")
+            self._file = self.fs.open(f"{self.folder}/{self.tmp}", "wb")
+            self._sha, self.size, self.samples, self._written = hashlib.sha256(), 0, 0, 0
+        self._pending += pieces
+        self.size += size
+        self.samples += 1
+        if self.size - self._written >= _FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        block = b"".join(self._pending)
+        self._pending.clear()
+        self._sha.update(block)
+        self._file.write(block)
+        self._written += len(block)
+
+    def _close(self) -> None:
+        self._pending.append(bytes(_closed_size(self.size) - self.size))  # end marker and record padding
+        self._flush()
+        self._file.close()
+        self._file = None
+        self.done.append({"tmp": self.tmp, "samples": self.samples, "bytes": _closed_size(self.size),
+                          "sha256": self._sha.hexdigest()})
+
+    def close(self) -> list[dict[str, Any]]:
+        if self._file is not None:
+            self._close()
+        return self.done
 
 
-__all__ = ["ChunkJob", "run_chunk", "published_intact", "write_chunk", "sample_digest"]
+__all__ = ["ChunkJob", "SampleSpec", "ChunkTask", "prepare", "sample_spec", "sample_digest", "run_chunk",
+           "published_intact", "write_chunk", "write_samples"]
