@@ -40,6 +40,15 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable[[list[str]], int], list[str]
     return None
 
 
+def _is_unreachable_store(error: BaseException) -> bool:
+    """botocore's connection failures (s3fs underneath fsspec), wherever in the chain they were raised."""
+    while error is not None:
+        if type(error).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "NoCredentialsError"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -54,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(entry(rest) or 0)
     except ConfigError as e:
         print(f"cityscale: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - only object-store connection failures are turned into one line
+        if not _is_unreachable_store(e):
+            raise
+        print(f"cityscale: object store unreachable ({e}): check AWS_ENDPOINT_URL, the credentials and that "
+              "the store is running", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cityscale: interrupted", file=sys.stderr)

@@ -52,12 +52,17 @@ async def _stream(client: JobSubmissionClient, job_id: str) -> None:
         print(lines, end="", flush=True)
 
 
+def entrypoint(build_argv: list[str]) -> str:
+    """The shell command the Ray job runs on the cluster."""
+    return shlex.join(["python", "-m", "data_shards.build", *build_argv])
+
+
 def submit_and_follow(address: str, build_argv: list[str], pip_requirements: str | None = None) -> int:
     """Run `python -m data_shards.build BUILD_ARGV` as a Ray job; returns the driver's exit code."""
     client = connect(address)
-    entrypoint = shlex.join(["python", "-m", "data_shards.build", *build_argv])
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(pip_requirements))
-    print(f"submitted Ray job {job_id} to {address}: {entrypoint}", file=sys.stderr)
+    command = entrypoint(build_argv)
+    job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(pip_requirements))
+    print(f"submitted Ray job {job_id} to {address}: {command}", file=sys.stderr)
     try:
         asyncio.run(_stream(client, job_id))
     except KeyboardInterrupt:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from configs.loader import ConfigError
+import json
+import shlex
+
+from configs.loader import ConfigError, dump_yaml
 from data_shards import build
 from launcher import ray_jobs
 
@@ -19,13 +22,30 @@ def split_submission(argv: list[str]) -> tuple[str | None, str | None, list[str]
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--ray-address", default=None)
     p.add_argument("--ray-pip", default=None)
+    p.add_argument("--dry-run", action="store_true")
     known, rest = p.parse_known_args(argv)
     address = known.ray_address
     if address and address.startswith(("http://", "https://")):
         return address, known.ray_pip, rest
     if known.ray_pip:
         raise ConfigError("--ray-pip goes with a dashboard address: pass --ray-address http://HEAD:8265")
-    return None, None, argv
+    return None, None, [a for a in argv if a != "--dry-run"]
+
+
+def dry_run(address: str | None, pip_file: str | None, build_argv: list[str]) -> int:
+    """Print what would run (the Ray job or the local build) and the resolved build config; start nothing."""
+    cfg = build.config_from_args(build.parser().parse_args(build_argv))
+    if address:
+        print(f"# Ray job on {address}")
+        print(ray_jobs.entrypoint(build_argv))
+        print("# runtime env")
+        print(json.dumps(ray_jobs.runtime_env(pip_file), indent=1))
+    else:
+        print("# local build")
+        print(shlex.join(["python", "-m", "data_shards.build", *build_argv]))
+    print("# resolved config")
+    print(dump_yaml(cfg), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         build.parser().print_help()
         print("\nlauncher options:\n  --ray-address http://HEAD:8265   submit as a Ray job (Job Submission API) and "
               "stream its logs\n  --ray-pip FILE                   with a dashboard address: pip requirements the "
-              "job installs (e.g. cluster/ray/requirements-shards.txt)")
+              "job installs (e.g. cluster/ray/requirements-shards.txt)\n  --dry-run                        print the "
+              "job or build command and the resolved config, start nothing")
         raise SystemExit(0)  # as argparse does for --help
     address, pip_file, build_argv = split_submission(argv)
+    if "--dry-run" in argv:
+        return dry_run(address, pip_file, build_argv)
     if address is None:
         return build.main(build_argv)
     build.parser().parse_args(build_argv)  # option mistakes surface here, before anything is submitted

@@ -101,3 +101,14 @@ def test_only_dashboard_addresses_are_submitted():
     assert split_submission(["--out", "x", "--ray-address", "http://h:8265"]) == ("http://h:8265", None, ["--out", "x"])
     assert split_submission(["--out", "x", "--ray-address", "auto"]) == (None, None,
                                                                          ["--out", "x", "--ray-address", "auto"])
+
+
+def test_dry_run_prints_the_job_and_the_resolved_config(tmp_path, capsys):
+    args, _ = _city(tmp_path)
+    code = cli.main(["shards", "build", *args, "--out", str(tmp_path / "s"), "--set", "split.block_size=4",
+                     "--ray-address", "http://head.example:8265", "--ray-pip", "cluster/ray/requirements-shards.txt",
+                     "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and not (tmp_path / "s").exists()
+    assert "# Ray job on http://head.example:8265\npython -m data_shards.build --captions" in out
+    assert '"pip": "cluster/ray/requirements-shards.txt"' in out and "block_size: 4" in out

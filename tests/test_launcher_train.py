@@ -86,3 +86,17 @@ def test_metrics_port_in_use_is_one_line(capsys, shards, tmp_path):
                          "--nproc", "2", "--set", f"metrics.port_base={port}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and f"port {port}" in err and "metrics.port_base" in err
+
+
+def test_unreachable_object_store_is_one_line(capsys, tmp_path, monkeypatch):
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    code = cli.main(["train", "--config", TINY, "--shards", "s3://nobucket/shards", "--run", str(tmp_path / "r"),
+                     "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "object store unreachable" in err and len(err.splitlines()) == 1
