@@ -13,6 +13,7 @@ import asyncio
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from ray.exceptions import AuthenticationError
@@ -57,11 +58,23 @@ def entrypoint(build_argv: list[str]) -> str:
     return shlex.join(["python", "-m", "data_shards.build", *build_argv])
 
 
+def _submit(client: JobSubmissionClient, command: str, env: dict, wait_seconds: float = 90.0) -> str:
+    """Submit, waiting while a freshly started head has no job agent yet (Ray answers 500 "No available agent")."""
+    deadline = time.time() + wait_seconds
+    while True:
+        try:
+            return client.submit_job(entrypoint=command, runtime_env=env)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2)
+
+
 def submit_and_follow(address: str, build_argv: list[str], pip_requirements: str | None = None) -> int:
     """Run `python -m data_shards.build BUILD_ARGV` as a Ray job; returns the driver's exit code."""
     client = connect(address)
     command = entrypoint(build_argv)
-    job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(pip_requirements))
+    job_id = _submit(client, command, runtime_env(pip_requirements))
     print(f"submitted Ray job {job_id} to {address}: {command}", file=sys.stderr)
     try:
         asyncio.run(_stream(client, job_id))
