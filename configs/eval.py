@@ -34,13 +34,13 @@ class ProbeConfig:
 
     def validate(self, path: str) -> None:
         if self.hidden < 1:
-            raise ConfigError(f"config key '{path}.hidden' must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'hidden')!r} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"config key '{path}.dropout' must be in [0, 1)")
+            raise ConfigError(f"config key {key_path(path, 'dropout')!r} must be in [0, 1)")
         if not self.seeds:
-            raise ConfigError(f"config key '{path}.seeds' needs at least one seed")
+            raise ConfigError(f"config key {key_path(path, 'seeds')!r} needs at least one seed")
         if not 0.0 < self.val_share < 0.5:
-            raise ConfigError(f"config key '{path}.val_share' must be in (0, 0.5)")
+            raise ConfigError(f"config key {key_path(path, 'val_share')!r} must be in (0, 0.5)")
 
 
 def urbanclip_probe() -> ProbeConfig:
@@ -62,9 +62,9 @@ class TextProbeConfig:
 
     def validate(self, path: str) -> None:
         if not 0.0 < self.test_share < 0.9:
-            raise ConfigError(f"config key '{path}.test_share' must be in (0, 0.9)")
+            raise ConfigError(f"config key {key_path(path, 'test_share')!r} must be in (0, 0.9)")
         if self.block_size < 1:
-            raise ConfigError(f"config key '{path}.block_size' must be >= 1")
+            raise ConfigError(f"config key {key_path(path, 'block_size')!r} must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
