@@ -17,13 +17,6 @@ from launcher import cli
 from launcher.shards import split_submission
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAD = """
-import ray, sys, time
-ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]),
-         _node_ip_address="127.0.0.1")
-print("ready", flush=True)
-time.sleep(600)
-"""
 
 
 def _free_port() -> int:
@@ -34,18 +27,22 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head():
-    port = _free_port()
-    # a throwaway loopback head (no token to hand around) whose `python` is this venv's, as a cluster image's
-    # python is the one with the project installed
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled",
+    """A separate Ray head (`ray start --head --block`) on loopback ports of its own, so it does not collide with
+    the test session's Ray; terminating the blocking process tears it down."""
+    port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    # no token to hand around on a throwaway loopback head; no RAY_* variables of the session's own Ray; and
+    # `python` on PATH is this venv's, as a cluster image's python is the one with the project installed
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-c", HEAD, str(port)], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent)],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert proc.stdout.readline().strip() == "ready"
-        address = f"http://127.0.0.1:{port}"
+        address = f"http://127.0.0.1:{dashboard}"
         deadline = time.time() + 120
-        while time.time() < deadline:  # the job agent comes up a little after the dashboard
+        while time.time() < deadline:
             try:
                 from ray.job_submission import JobSubmissionClient
                 JobSubmissionClient(address).list_jobs()

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import s3fs
 import yaml
 
 from launcher import cli
@@ -88,7 +89,15 @@ def test_metrics_port_in_use_is_one_line(capsys, shards, tmp_path):
     assert code == 2 and f"port {port}" in err and "metrics.port_base" in err
 
 
-def test_unreachable_object_store_is_one_line(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def fresh_s3_clients():
+    """s3fs caches filesystems per options, not per environment: drop the one pointing at the dead port."""
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_unreachable_object_store_is_one_line(capsys, tmp_path, monkeypatch, fresh_s3_clients):
     with socket.socket() as s:  # a loopback port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
