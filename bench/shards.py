@@ -140,7 +140,8 @@ def main() -> None:
     images = sorted(Path(paths["images"], CITY).glob("*.jpg"))
     print(f"machine: {platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"load {os.getloadavg()[0]:.2f}; {len(images)} tiles of {args.size} px")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             _node_ip_address="127.0.0.1")
     out = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     try:
         limit_loop(images[:50], args.size, 90)  # warm the page cache and libjpeg

@@ -34,7 +34,7 @@ def connect(cfg: RayConfig) -> bool:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         # a local instance serves this machine only: keep it on loopback
-        ray.init(num_cpus=cfg.num_workers, include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(address="local", num_cpus=cfg.num_workers, include_dashboard=False, logging_level=logging.WARNING,
                  _node_ip_address="127.0.0.1")
     return True
 
