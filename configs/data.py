@@ -6,6 +6,7 @@ here: they belong to the trainer and are passed to the loader by its caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from configs.loader import ConfigError, doc
 from configs.shards import SPLITS
@@ -17,7 +18,8 @@ class AugmentConfig:
     rotations keep them realistic)."""
 
     random_resized_crop_scale: tuple[float, float] = doc(
-        "area fraction range of the random resized crop, 0 < low <= high <= 1", default=(0.6, 1.0))
+        "area fraction range of the random resized crop, 0 < low <= high <= 1; [1.0, 1.0] = no crop (resize "
+        "and centre-crop the whole tile, UrbanCLIP's transform)", default=(0.6, 1.0))
     hflip: bool = doc("random horizontal flip (p=0.5)", default=True)
     vflip: bool = doc("random vertical flip (p=0.5)", default=True)
     rot90: bool = doc("random rotation by a multiple of 90 degrees", default=True)
@@ -40,6 +42,10 @@ class LoaderConfig:
     resampled: bool = doc("sample shards with replacement instead of a shuffled pass over all shards",
                           default=False)
     seed: int = doc("common seed: the same shard order on every rank for a given epoch", default=0)
+    caption: Literal["join", "random_sentence", "fixed_sentence"] = doc(
+        "text of a tile: join = all its sentences (the shard's txt); random_sentence = one sentence, drawn "
+        "anew every epoch; fixed_sentence = one sentence per tile for the whole run (UrbanCLIP's loader)",
+        default="join")
     augment: AugmentConfig = doc("training augmentations", default=AugmentConfig())
 
     def validate(self, path: str) -> None:

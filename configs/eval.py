@@ -1,6 +1,7 @@
-"""Config sections of the eval workers: the indicator probe, retrieval, and the worker loop.
+"""Config sections of the eval workers: the indicator probe, retrieval, captioning, and the worker loop.
 
-Sections: ProbeConfig, TextProbeConfig, RetrievalConfig, EvalConfig (one checkpoint), WorkerConfig (the watcher).
+Sections: ProbeConfig, TextProbeConfig, RetrievalConfig, CaptionConfig, EvalConfig (one checkpoint),
+WorkerConfig (the watcher).
 Two probe presets exist: `default` (the project's protocol: small dropout, early stopping on val, test metrics,
 several seeds) and `urbanclip` (the official code's MLP shape, optimiser and target transform, for parity).
 """
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from configs.loader import ConfigError, doc, key_path
+
+MIN_CAPTION_TOKENS = 5  # open_clip's CoCa.generate min_seq_len
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +34,8 @@ class ProbeConfig:
                                           default=(0.01, 0.1, 1.0, 10.0, 100.0, 1000.0))
     val_share: float = doc("share of the train rows held out for early stopping when no val split exists",
                            default=0.125)
+    standardise_features: bool = doc("z-score each embedding dimension with train statistics before the MLP "
+                                     "(UrbanCLIP feeds the raw embeddings)", default=True)
 
     def validate(self, path: str) -> None:
         if self.hidden < 1:
@@ -44,8 +49,11 @@ class ProbeConfig:
 
 
 def urbanclip_probe() -> ProbeConfig:
-    """The official UrbanCLIP downstream MLP: 768->256->1 shape, dropout 0.01, AdamW 3e-4, refined targets."""
-    return ProbeConfig(hidden=256, dropout=0.01, lr=3e-4, weight_decay=0.01, refined=True)
+    """The official UrbanCLIP downstream probe (its mlp.py): raw image embedding -> Linear 256 -> ReLU ->
+    dropout 0.01 -> Linear 1, MSE on z-scored targets, AdamW lr 3e-4 weight decay 0.01, batch 2, 100 epochs
+    keeping the epoch with the best validation MSE (patience = epochs: no early stop), refined targets."""
+    return ProbeConfig(hidden=256, dropout=0.01, lr=3e-4, weight_decay=0.01, batch_size=2, max_epochs=100,
+                       patience=100, refined=True, standardise_features=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +92,40 @@ class RetrievalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CaptionConfig:
+    """Caption generation by a CoCa checkpoint (`cityscale caption`, and the report's captioning section).
+
+    Sampling as UrbanCLIP generates its captions (nucleus sampling, top_p 0.1), or beam search."""
+
+    enabled: bool = doc("report a captioning section when the checkpoint is a CoCa model (others are skipped)",
+                        default=True)
+    max_tiles: int = doc("cap on tiles captioned (whole shards spread over the split; 0 = every tile)", default=200)
+    top_p: float = doc("nucleus sampling: open_clip's top_p (UrbanCLIP uses 0.1)", default=0.1)
+    max_len: int = doc("caption length in tokens, start and end tokens included (open_clip's seq_len)", default=30)
+    beam: int = doc("0 = top_p sampling; N > 0 = beam search with N beams (one beam group)", default=0)
+    examples: int = doc("tiles shown in report.html with their generated and reference captions", default=6)
+    seed: int = doc("sampling seed: the same seed, batch size and reader workers give the same captions",
+                    default=0)
+    batch_size: int = doc("tiles per generation batch", default=32)
+
+    def validate(self, path: str) -> None:
+        for name in ("max_tiles", "beam", "examples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key {key_path(path, name)!r} must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"config key {key_path(path, 'top_p')!r} must be in (0, 1]")
+        if self.max_len <= MIN_CAPTION_TOKENS:
+            raise ConfigError(f"config key {key_path(path, 'max_len')!r} must be > {MIN_CAPTION_TOKENS} "
+                              "(open_clip's generate emits at least that many tokens)")
+        if self.batch_size < 1:
+            raise ConfigError(f"config key {key_path(path, 'batch_size')!r} must be >= 1")
+
+    def method(self) -> str:
+        """How captions are drawn, for reports: `top_p 0.1` or `beam 3`."""
+        return f"beam {self.beam}" if self.beam else f"top_p {self.top_p:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """One checkpoint's evaluation (`cityscale eval run`, and each checkpoint of `cityscale eval watch`).
 
@@ -98,7 +140,11 @@ class EvalConfig:
     color_bins: int = doc("colour histogram baseline: bins per RGB channel", default=8)
     seed: int = doc("seed of the random-init baseline", default=0)
     probe: ProbeConfig = doc("indicator probe", default=ProbeConfig())
+    urbanclip_probe: bool = doc("also fit UrbanCLIP's own probe (configs.eval.urbanclip_probe: its MLP, optimiser "
+                                "and batch size, raw embeddings) on the image embeddings, reported beside the "
+                                "default probe as feature set 'image (UrbanCLIP probe)'", default=False)
     retrieval: RetrievalConfig = doc("retrieval probe", default=RetrievalConfig())
+    caption: CaptionConfig = doc("caption generation and metrics (CoCa checkpoints only)", default=CaptionConfig())
 
     def validate(self, path: str) -> None:
         for name in ("batch_size", "max_train_rows", "color_bins"):

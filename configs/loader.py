@@ -13,6 +13,7 @@ Field docs live in `field(metadata={"help": ...})` so `--help` texts and docs ca
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -105,6 +106,9 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     return obj
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if origin in (Union, types.UnionType):
@@ -148,6 +152,8 @@ def _scalar(tp: Any, value: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads `2e-3` as a string
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -110,12 +110,29 @@ class ScheduleConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LossConfig:
-    """Contrastive objective over negatives gathered from all ranks."""
+    """Contrastive objective over negatives gathered from all ranks (+ the captioning term of CoCa models)."""
 
     kind: Literal["infonce", "siglip"] = doc("infonce (CLIP softmax) or siglip (pairwise sigmoid)",
                                              default="infonce")
     local_loss: bool = doc("infonce: B_local x B_global logits per rank (default); false = every rank computes "
                            "the full B_global x B_global matrix. siglip always uses the local form", default=True)
+    logit_scale_max: float = doc("the loss uses the logit scale clamped to [1, this] (open_clip and UrbanCLIP clamp "
+                                 "ln(scale) to [0, ln 100] after each step); 0 = no clamp", default=100.0)
+    contrastive_weight: float = doc("CoCa models: weight of the contrastive term (open_clip's clip_loss_weight)",
+                                    default=1.0)
+    caption_weight: float = doc("CoCa models: weight of the captioning cross-entropy of the text decoder "
+                                "(open_clip's caption_loss_weight)", default=1.0)
+
+    def validate(self, path: str) -> None:
+        if self.logit_scale_max != 0 and self.logit_scale_max < 1:
+            raise ConfigError(f"config key {key_path(path, 'logit_scale_max')!r}: {self.logit_scale_max} must be 0 "
+                              "(no clamp) or >= 1")
+        for name in ("contrastive_weight", "caption_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key {key_path(path, name)!r}: {getattr(self, name)} must be >= 0")
+        if self.contrastive_weight == 0 and self.caption_weight == 0:
+            raise ConfigError(f"config key {key_path(path, 'contrastive_weight')!r}: both loss weights are 0: "
+                              "set at least one above 0")
 
 
 @dataclass(frozen=True, kw_only=True)

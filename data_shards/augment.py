@@ -31,13 +31,15 @@ class RandomRot90:
 def tile_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool,
                    augment: AugmentConfig) -> Callable[[PIL.Image.Image], torch.Tensor]:
     """The tile transform for training (`train=True`, augmented) or evaluation (resize + centre crop)."""
+    whole_tile = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     if train:
-        geometry: list[Callable] = [v2.RandomResizedCrop(image_size, scale=augment.random_resized_crop_scale,
-                                                         antialias=True)]
+        crop = tuple(augment.random_resized_crop_scale) != (1.0, 1.0)  # scale [1, 1]: the whole tile, as UrbanCLIP
+        geometry: list[Callable] = ([v2.RandomResizedCrop(image_size, scale=augment.random_resized_crop_scale,
+                                                          antialias=True)] if crop else whole_tile)
         geometry += [v2.RandomHorizontalFlip()] if augment.hflip else []
         geometry += [v2.RandomVerticalFlip()] if augment.vflip else []
     else:
-        geometry = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        geometry = whole_tile
     # geometry runs on PIL (uint8, fast resampling); rotation and normalisation on the tensor
     rotation = [RandomRot90()] if train and augment.rot90 else []
     return v2.Compose([*geometry, v2.PILToTensor(), *rotation, v2.ToDtype(torch.float32, scale=True),

@@ -74,7 +74,7 @@ def caption_text(sentences: list[str]) -> str:
 
 def sample_metadata(*, city: str, z: int, x: int, y: int, lat: float, lon: float, bounds: list[float],
                     indicators: dict[str, float | None], sentences: list[str], caption_source: str,
-                    poi: dict[str, int] | None, image_sha256: str, split: str) -> dict[str, Any]:
+                    poi: dict[str, int] | None, image_sha256: str, split: str, image: str) -> dict[str, Any]:
     """The `json` member of a sample (fields documented in docs/shard-format.md)."""
     return {
         "city": city, "z": int(z), "x": int(x), "y": int(y),
@@ -85,6 +85,7 @@ def sample_metadata(*, city: str, z: int, x: int, y: int, lat: float, lon: float
         "poi": None if poi is None else dict(sorted(poi.items())),
         "image_sha256": image_sha256,
         "split": split,
+        "image": image,
     }
 
 

@@ -120,7 +120,8 @@ def _row_tile(row: dict[str, Any], cfg: SourceConfig, indicator_cols: dict[str, 
     z, x, y, lat, lon, bounds = place
     indicators, reasons = parse_indicators(row, indicator_cols)
     return Tile(key=sample_key(city, z, x, y), city=city, z=z, x=x, y=y, lat=lat, lon=lon, bounds=bounds,
-                image=_resolve(image.strip(), folder), image_stat={}, sentences=tuple(sentences),
+                image=_resolve(image.strip(), folder), image_name=image.strip(), image_stat={},
+                sentences=tuple(sentences),
                 indicators=indicators, null_reasons=tuple(reasons), poi=None)
 
 

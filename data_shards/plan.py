@@ -77,7 +77,7 @@ def _fingerprint(settings: bytes, tiles: tuple[Tile, ...]) -> str:
     sha = hashlib.sha256(settings)
     for t in tiles:  # repr of plain values: deterministic and ~5x cheaper than JSON, which matters per tile
         sha.update(repr((t.key, t.city, t.z, t.x, t.y, t.lat, t.lon, t.bounds, t.image, t.image_stat, t.sentences,
-                         t.indicators, t.null_reasons, t.poi, t.split)).encode("utf-8"))
+                         t.indicators, t.null_reasons, t.poi, t.split, t.image_name)).encode("utf-8"))
     return sha.hexdigest()
 
 

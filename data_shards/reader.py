@@ -27,6 +27,10 @@ pipeline reproduces the same stream and skips those samples without decoding the
 batch i must stay i % workers, so after n batches physical worker w plays the role of worker (w + n) % workers.
 Same world size and worker count required; the state is per rank (each rank saves its own).
 
+Caption policy (`LoaderConfig.caption`): the tokenized text is the shard's `txt` (all sentences joined), or one
+sentence of the json's `sentences`, chosen by a hash of (seed, key[, epoch]): the same on every rank and after
+a resume, redrawn each epoch (`random_sentence`) or fixed for the run (`fixed_sentence`, UrbanCLIP's loader).
+
 Evaluation (`train=False`): shards in manifest order, no shuffle, no augmentation, no repetition, every sample
 exactly once across ranks; the last batch of a worker may be short.
 """
@@ -152,6 +156,7 @@ class _Plan:
     skip: tuple[int, ...]               # raw samples each logical worker consumed before this iteration
     remaining: tuple[int, ...] | None   # batches each logical worker still owes (None: until its data ends)
     with_meta: bool
+    caption: str                        # LoaderConfig.caption: join | random_sentence | fixed_sentence
     image_transform: Callable[[PIL.Image.Image], torch.Tensor]
     tokenize: Callable[[str], torch.Tensor]
 
@@ -255,6 +260,16 @@ def _skip_consumed(src: Iterable[dict], plan: _Plan, stats: _Stats) -> Iterator[
             stats.usable += 1
 
 
+def _caption(joined: str, meta: dict, key: str, plan: _Plan) -> str:
+    """The text of a sample under the caption policy: all sentences, or one drawn by a seeded hash of the key
+    (and, for random_sentence, of the epoch), so that a resumed run picks the same sentence again."""
+    sentences = [s for s in meta.get("sentences") or [] if isinstance(s, str) and s.strip()]
+    if plan.caption == "join" or not sentences:
+        return joined
+    epoch = () if plan.caption == "fixed_sentence" else (plan.epoch,)
+    return sentences[_seed("caption", plan.seed, key, *epoch) % len(sentences)].strip()
+
+
 def _decode_sample(sample: dict, plan: _Plan) -> tuple | str:
     """(key, image, tokens, meta) or the reason why the sample is skipped."""
     for ext in ("jpg", "txt", "json"):
@@ -277,7 +292,7 @@ def _decode_sample(sample: dict, plan: _Plan) -> tuple | str:
             image = im.convert("RGB")
     except (OSError, ValueError, PIL.Image.DecompressionBombError):
         return "bad_jpg"
-    tokens = plan.tokenize(caption)
+    tokens = plan.tokenize(_caption(caption, meta, sample["__key__"], plan))
     if tokens.dim() != 1:
         raise TypeError(f"tokenize must return a 1-D LongTensor [L] for one caption, got shape {tuple(tokens.shape)}")
     return sample["__key__"], plan.image_transform(image), tokens, meta
@@ -415,7 +430,7 @@ class ShardLoader:
                      epoch=self._epoch, seed=self.cfg.seed, train=self.train,
                      resampled=self.train and self.cfg.resampled, shuffle_buffer=self.cfg.shuffle_buffer,
                      batch_size=self.batch_size, offset=done, skip=tuple(self._consumed), remaining=remaining,
-                     with_meta=self.with_meta, image_transform=self._transform, tokenize=self._tokenize)
+                     with_meta=self.with_meta, caption=self.cfg.caption, image_transform=self._transform, tokenize=self._tokenize)
         stats = _Stats()
         return wds.DataPipeline(partial(_worker_samples, plan, stats), partial(_skip_consumed, plan=plan, stats=stats),
                                 partial(_decode, plan=plan, stats=stats), partial(_batches, plan=plan, stats=stats))

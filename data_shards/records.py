@@ -45,6 +45,7 @@ class Tile:
     null_reasons: tuple[str, ...]  # one entry per indicator kept as null (see format.NULL_REASONS)
     poi: dict[str, int] | None
     split: str = ""
+    image_name: str = ""  # the image as the source names it: the sample json's `image`
 
 
 @dataclass

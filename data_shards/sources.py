@@ -160,7 +160,7 @@ def _tile(parts: tuple[str, int, int, int], key: str, name: str, images_uri: str
         indicators = {n: row["indicators"].get(n) for n in indicator_names}
         reasons = row["reasons"] + ["empty_indicator"] * (len(indicator_names) - len(row["indicators"]))
     return Tile(key=key, city=city, z=z, x=x, y=y, lat=lat, lon=lon, bounds=geo.tile_bounds(lat, lon, z),
-                image=join(images_uri, name), image_stat=stat, sentences=tuple(sentences),
+                image=join(images_uri, name), image_name=name, image_stat=stat, sentences=tuple(sentences),
                 indicators=indicators, null_reasons=tuple(reasons), poi=poi)
 
 

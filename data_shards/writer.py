@@ -99,7 +99,7 @@ def sample_spec(tile: Tile, caption_source: str) -> SampleSpec:
     meta = dumps(sample_metadata(city=tile.city, z=tile.z, x=tile.x, y=tile.y, lat=tile.lat, lon=tile.lon,
                                  bounds=tile.bounds, indicators=tile.indicators, sentences=sentences,
                                  caption_source=caption_source, poi=tile.poi, image_sha256=_SHA_SLOT,
-                                 split=tile.split))
+                                 split=tile.split, image=tile.image_name))
     # an unescaped `"image_sha256":"` followed by the placeholder can only be the top-level field
     before, slot, after = meta.partition(_SHA_FIELD + _SHA_SLOT.encode("ascii"))
     if not slot:

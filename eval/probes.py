@@ -12,6 +12,7 @@ Feature sets, each probed the same way:
   image+text   both concatenated ("does text help?")
   random_init  image embeddings of the same architecture with random weights (baseline)
   color_hist   colour histograms of the pixels (baseline)
+  image (UrbanCLIP probe)   the image embeddings under UrbanCLIP's own probe (`eval.urbanclip_probe`)
 Cross-city transfer: the image probe fitted on city A's train/val tiles and scored on city B's test tiles.
 """
 
@@ -30,6 +31,7 @@ from eval.regression import probe_indicator
 
 Features = Callable[[SplitData], np.ndarray]
 HEADLINE = "image"
+URBANCLIP_SET = "image (UrbanCLIP probe)"  # the image embeddings under configs.eval.urbanclip_probe()
 
 
 def feature_sets(text_key: str) -> dict[str, Features]:
@@ -125,4 +127,4 @@ def transfer_probes(train: SplitData, val: SplitData | None, test: SplitData, in
     return out
 
 
-__all__ = ["HEADLINE", "feature_sets", "indicator_probes", "transfer_probes"]
+__all__ = ["HEADLINE", "URBANCLIP_SET", "feature_sets", "indicator_probes", "transfer_probes"]

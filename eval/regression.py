@@ -107,7 +107,9 @@ def _predict_mlp(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         return model(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).numpy()
 
 
-def _standardise_features(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+def _standardise_features(x_train: np.ndarray, *others: np.ndarray, active: bool = True) -> list[np.ndarray]:
+    if not active:
+        return [x_train, *others]
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
     return [(x - mu) / sd for x in (x_train, *others)]
 
@@ -139,7 +141,8 @@ def probe_indicator(features: np.ndarray, values: np.ndarray, train_idx: np.ndar
     for seed in cfg.seeds:
         fit_rows, val_rows = (train, val) if val is not None and len(val) >= 5 else \
             tuple(train[i] for i in _carve_val(len(train), cfg.val_share, seed))
-        xf, xv, xt = _standardise_features(features[fit_rows], features[val_rows], features[test])
+        xf, xv, xt = _standardise_features(features[fit_rows], features[val_rows], features[test],
+                                           active=cfg.standardise_features)
         model = fit_mlp(xf, tgt.standardise(log_v[fit_rows]), xv, tgt.standardise(log_v[val_rows]), cfg, seed)
         mlp_preds.append(tgt.restore(_predict_mlp(model, xt)))
         per_seed.append(metrics(log_v[test], mlp_preds[-1]))

@@ -1,5 +1,6 @@
 """Writing what a person reads: RUN/eval/{checkpoint}/report.json + report.html (+ PNG figures), and
-RUN/eval/index.html across checkpoints.
+RUN/eval/index.html across checkpoints. Sections of report.html follow report.json: indicator probes, transfer,
+retrieval with examples, and captioning (CoCa checkpoints only).
 
 report.json is written LAST and atomically (temporary name, then move): its presence means the checkpoint is
 reported, which is what a restarted worker checks to skip it. A failed evaluation also writes a report.json
@@ -19,16 +20,18 @@ import numpy as np
 
 from data_shards.storage import join, url_to_fs, write_bytes_atomic
 from eval.figures import residual_map, scatter, thumbnail_png, trend
-from eval.probes import HEADLINE
+from eval.probes import HEADLINE, URBANCLIP_SET
 
 EVAL_DIR = "eval"
 REPORT_JSON, REPORT_HTML, INDEX_HTML, TREND_PNG = "report.json", "report.html", "index.html", "trend.png"
-_SETS_ORDER = ("image", "text", "image+text", "random_init", "color_hist")
+_SETS_ORDER = ("image", URBANCLIP_SET, "text", "image+text", "random_init", "color_hist")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}
 .note{color:#555;font-size:13px}img.fig{max-width:100%}img.thumb{image-rendering:pixelated;width:96px}
 .hit{color:#080;font-weight:bold}"""
+_METRIC_LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "rouge_l": "ROUGE-L",
+                  "cider": "CIDEr"}
 
 
 def report_uri(eval_root: str, name: str) -> str:
@@ -118,16 +121,38 @@ def _retrieval_table(retrieval: dict) -> str:
             f"<th>pool</th></tr>{''.join(rows)}</table>")
 
 
+def _tile_cell(ex: dict, thumbs: dict[int, np.ndarray]) -> str:
+    """The example's thumbnail (inline PNG) above its key."""
+    img = thumbs.get(ex["row"])
+    src = ("data:image/png;base64," + base64.b64encode(thumbnail_png(img)).decode()) if img is not None else ""
+    return f"<td><img class=thumb src='{src}'><br><span class=note>{escape(ex['key'])}</span></td>"
+
+
 def _examples(examples: list[dict], thumbs: dict[int, np.ndarray]) -> str:
     rows = []
     for ex in examples:
-        img = thumbs.get(ex["row"])
-        src = ("data:image/png;base64," + base64.b64encode(thumbnail_png(img)).decode()) if img is not None else ""
         top = "".join(f"<li{' class=hit' if t['correct'] else ''}>{escape(t['caption'])}</li>" for t in ex["top"])
-        rows.append(f"<tr><td><img class=thumb src='{src}'><br><span class=note>{escape(ex['key'])}</span></td>"
-                    f"<td><ol>{top}</ol></td><td class=note>{escape(ex['caption'])}</td></tr>")
+        rows.append(f"<tr>{_tile_cell(ex, thumbs)}<td><ol>{top}</ol></td><td class=note>{escape(ex['caption'])}"
+                    "</td></tr>")
     return ("<table><tr><th>tile (model input)</th><th>top captions of the test split (green = its own)</th>"
             f"<th>its own caption</th></tr>{''.join(rows)}</table>")
+
+
+def _captioning(section: dict, thumbs: dict[int, np.ndarray]) -> str:
+    """Caption metrics of the CoCa checkpoint, then example tiles: generated caption vs reference sentences."""
+    metrics = section["metrics"]
+    head = "".join(f"<th>{_METRIC_LABELS.get(m, escape(m))}</th>" for m in metrics)
+    cells = "".join(f"<td class=num>{_num(v)}</td>" for v in metrics.values())
+    settings = ", ".join(f"{k} {v}" for k, v in section["settings"].items())
+    rows = "".join(f"<tr>{_tile_cell(ex, thumbs)}<td>{escape(ex['generated']) or '<i>(empty)</i>'}</td>"
+                   f"<td class=note><ul>{''.join(f'<li>{escape(s)}</li>' for s in ex['references'])}</ul></td></tr>"
+                   for ex in section["examples"])
+    return (f"<table><tr>{head}<th>tiles</th></tr><tr>{cells}<td class=num>{section['tiles']}</td></tr></table>"
+            f"<p class=note>{escape(section['method'])} ({escape(settings)}); scored against each tile's reference "
+            "sentences with pycocoevalcap's BLEU, ROUGE-L and CIDEr on our own word tokenization "
+            "(eval/caption_metrics.py).</p>"
+            + (f"<table><tr><th>tile (model input)</th><th>generated</th><th>reference sentences</th></tr>{rows}"
+               "</table>" if rows else ""))
 
 
 def _transfer_table(transfer: dict) -> str:
@@ -168,6 +193,9 @@ def render_html(report: dict, figs: list[tuple[str, str]], thumbs: dict[int, np.
         parts += ["<h2>Image ↔ text retrieval (test split)</h2>", _retrieval_table(report["retrieval"])]
     if report.get("examples"):
         parts += ["<h3>Examples</h3>", _examples(report["examples"], thumbs)]
+    if report.get("captioning"):
+        parts += [f"<h2>Captioning ({escape(report['captioning']['split'])} split)</h2>",
+                  _captioning(report["captioning"], thumbs)]
     body = "\n".join(parts)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{escape(report['checkpoint']['name'])}</title>"
             f"<style>{_STYLE}</style></head><body>{body}<p class=note><a href='../{INDEX_HTML}'>all checkpoints</a>"

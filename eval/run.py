@@ -6,6 +6,7 @@ The same `evaluate` runs inside the watcher (eval/worker.py) for every published
     embed train (capped) / val / test once: checkpoint towers, random-init towers, colour histograms
     indicator probes per city x indicator x feature set; cross-city transfer when there are several cities
     retrieval on test (checkpoint and random init), a few examples with thumbnails
+    CoCa checkpoints: captions of test tiles (capped) with BLEU/ROUGE-L/CIDEr, a few examples (eval/captioning.py)
     report.json (+ report.html and figures)
 
 A checkpoint that cannot be loaded gives a report with status "failed" and the reason (exit code 1 here);
@@ -20,15 +21,19 @@ import json
 import time
 from datetime import datetime, timezone
 
-from configs.eval import EvalConfig
+import numpy as np
+
+from configs.eval import EvalConfig, urbanclip_probe
 from configs.loader import load, run_module, to_dict
 from data_shards.format import REPORT_NAME, caption_text
 from data_shards.reader import Manifest, read_manifest
 from data_shards.storage import join, url_to_fs
 from eval.baselines import ClipFeatures, ColorHistogram
-from eval.checkpoints import CheckpointError, CheckpointRef, fetch, load_model, local_workdir, ref_from_uri
+from eval.captioning import can_caption, caption_section, generate_captions
+from eval.checkpoints import (CheckpointError, CheckpointRef, LoadedModel, fetch, load_model, local_workdir,
+                               ref_from_uri)
 from eval.embed import SplitData, embed_split
-from eval.probes import HEADLINE, feature_sets, indicator_probes, transfer_probes
+from eval.probes import HEADLINE, URBANCLIP_SET, feature_sets, indicator_probes, transfer_probes
 from eval.report import write_report
 from eval.retrieval import retrieval, top_matches
 from eval.text_encoder import SentenceEncoder
@@ -69,8 +74,8 @@ def finish(report: dict, started: float, status: str, reason: str | None = None)
     return report
 
 
-def _embed_all(manifest: Manifest, folder: str, cfg: EvalConfig, progress: bool) -> dict[str, SplitData]:
-    model = load_model(folder)
+def _embed_all(manifest: Manifest, folder: str, model: LoadedModel, cfg: EvalConfig,
+               progress: bool) -> dict[str, SplitData]:
     random = load_model(folder, weights=False, seed=cfg.seed)
     extractors = [ClipFeatures(model.module), ClipFeatures(random.module, prefix="random_"),
                   ColorHistogram(model.mean, model.std, cfg.color_bins)]
@@ -125,10 +130,34 @@ def _probe_section(report: dict, splits: dict[str, SplitData], manifest: Manifes
     report["notes"] += spike_notes(manifest.uri)
     sets = feature_sets(text_key)
     report["regression"] = indicator_probes(train, val, test, manifest.indicators, sets, cfg.probe, progress)
+    if cfg.urbanclip_probe:  # the paper's protocol beside ours, on the same embeddings and rows
+        official = indicator_probes(train, val, test, manifest.indicators, {URBANCLIP_SET: sets[HEADLINE]},
+                                    urbanclip_probe(), progress)
+        for city, by_indicator in official.items():
+            for name, results in by_indicator.items():
+                report["regression"][city][name].update(results)
     if not report["regression"]:
         report["notes"].append("no test tile has an indicator value: regression probes skipped")
     if len(set(test.cities)) > 1:
         report["transfer"] = transfer_probes(train, val, test, manifest.indicators, sets[HEADLINE], cfg.probe)
+
+
+def _caption_section(report: dict, manifest: Manifest, model: LoadedModel, test: SplitData, cfg: EvalConfig,
+                     progress: bool) -> dict[int, np.ndarray]:
+    """report["captioning"] for a CoCa checkpoint (nothing for others); returns the examples' thumbnails keyed
+    by test row, the numbering of the retrieval examples' thumbnails."""
+    if not (cfg.caption.enabled and can_caption(model)):
+        return {}
+    captions = generate_captions(manifest, "test", model, cfg.caption, loader_workers=cfg.loader_workers,
+                                 thumbs=cfg.caption.examples, progress=progress)
+    section = caption_section(captions, cfg.caption)
+    row_of = {key: row for row, key in enumerate(test.keys)}
+    thumbs = {row_of[ex["key"]]: captions.thumbs[ex["row"]] for ex in section["examples"] if ex["key"] in row_of}
+    for ex in section["examples"]:
+        ex["row"] = row_of.get(ex["key"])
+    report["captioning"] = section
+    report["timing"]["caption_seconds"] = captions.seconds
+    return thumbs
 
 
 def evaluate(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig, *,
@@ -143,7 +172,8 @@ def evaluate(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig, *,
     try:
         with local_workdir() as folder:
             fetch(ref, folder)
-            splits = _embed_all(manifest, folder, cfg, progress)
+            model = load_model(folder)
+            splits = _embed_all(manifest, folder, model, cfg, progress)
     except CheckpointError as e:
         return finish(report, started, "failed", str(e)), {}
     report["timing"]["embed_seconds"] = {k: d.seconds for k, d in splits.items()}
@@ -159,7 +189,8 @@ def evaluate(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig, *,
                            "random_init": retrieval(test.features["random_image"], test.features["random_text"],
                                                     ks, chunk)}
     report["examples"] = _examples(test, cfg)
-    return finish(report, started, "ok"), test.thumbs
+    caption_thumbs = _caption_section(report, manifest, model, test, cfg, progress)
+    return finish(report, started, "ok"), {**test.thumbs, **caption_thumbs}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "text-probe"): ("eval.text_probe:main", "caption-only indicator probe on UrbanCLIP-format files"),
     ("eval", "watch"): ("eval.worker:main", "evaluate every published checkpoint of a run (eval workers)"),
     ("eval", "run"): ("eval.run:main", "evaluate one checkpoint and write its report"),
+    ("caption",): ("eval.captioning:main", "captions of a split by a CoCa checkpoint, with BLEU/ROUGE-L/CIDEr"),
     ("demo",): ("launcher.demo:main", "synthetic city -> shards -> 2-rank training with async eval, end to end"),
     ("train",): ("launcher.train:main", "DeepSpeed ZeRO contrastive pretraining on shards (deepspeed launcher)"),
 }

@@ -61,3 +61,4 @@ def test_test_rows_never_influence_the_fit():
 def test_urbanclip_preset_is_the_official_shape():
     cfg = urbanclip_probe()
     assert (cfg.hidden, cfg.dropout, cfg.lr, cfg.weight_decay, cfg.refined) == (256, 0.01, 3e-4, 0.01, True)
+    assert (cfg.batch_size, cfg.max_epochs, cfg.patience, cfg.standardise_features) == (2, 100, 100, False)

@@ -17,7 +17,7 @@ from tests.eval_fixtures import FAST, synthetic_shards, write_checkpoint
 from tests.shard_fixtures import make_samples, write_shard_folder
 
 CITIES = {"Alphaville": 100, "Betatown": 100}
-SETS = {"image", "text", "image+text", "random_init", "color_hist"}
+SETS = {"image", "text", "image+text", "random_init", "color_hist", "image (UrbanCLIP probe)"}
 
 
 def _settings() -> list[str]:
@@ -36,7 +36,7 @@ def evaluated(shards, tmp_path_factory) -> dict:
     folder = write_checkpoint(run, 12, seed=4)
     out = f"{run}/eval/step_12"
     code = cli(["eval", "run", "--checkpoint", folder, "--shards", shards, "--out", out, "--no-progress",
-                *_settings()])
+                *_settings(), "--set", "urbanclip_probe=true"])
     report = json.loads(open(f"{out}/report.json").read())
     return {"code": code, "report": report, "out": out, "run": run}
 
@@ -75,6 +75,7 @@ def test_html_report_and_index_read_well(evaluated):
         assert open(f"{out}/{name}", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert html.count("data:image/png;base64,") == 3  # example thumbnails
     assert "random_init" in html and "color_hist" in html and "Alphaville-&gt;Betatown" in html
+    assert "image (UrbanCLIP probe)" in html
     assert write_index(f"{evaluated['run']}/eval") == 1
     index = open(f"{evaluated['run']}/eval/index.html").read()
     assert "step_12/report.html" in index and "trend.png" in index

@@ -265,3 +265,36 @@ def test_tile_transforms_shape_normalisation_and_eval_determinism():
     torch.manual_seed(0)
     outs = [train(tile) for _ in range(8)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])  # augmentation is random
+
+
+# ----------------------------------------------------------------------------- caption policy
+
+def _four_sentence_folder(root) -> None:
+    samples = make_samples(24)
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        meta["sentences"] = [f"S{j} {sample['__key__']}." for j in range(4)]
+        sample["json"], sample["txt"] = json.dumps(meta).encode(), " ".join(meta["sentences"]).encode()
+    write_shard_folder(root, {"train": into_shards(samples, [12, 12])})
+
+
+def _texts_by_key(loader) -> dict[str, str]:
+    """key -> decoded text of one epoch (byte_tokenize keeps the first bytes, enough for 'S{j}')."""
+    return {k: bytes(int(t) for t in row if t).decode()[:2] for b in loader for k, row in zip(b.keys, b.texts)}
+
+
+@pytest.mark.parametrize("policy", ["join", "fixed_sentence", "random_sentence"])
+def test_caption_policy_join_fixed_or_redrawn_each_epoch(tmp_path, policy):
+    _four_sentence_folder(tmp_path)
+    first, second = (loaders(tmp_path, world_size=1, workers=0, shuffle_buffer=0, caption=policy)[0] for _ in "ab")
+    epochs = [_texts_by_key(first) for _ in range(3)]
+    again = [_texts_by_key(second) for _ in range(3)]
+    assert epochs == again  # seeded: the same run, and a resumed one, pick the same sentences
+    picked = Counter(text for epoch in epochs for text in epoch.values())
+    changed = sum(epochs[0][k] != epochs[1][k] for k in epochs[0])
+    if policy == "join":
+        assert set(picked) == {"S0"}  # the whole caption, which starts with the first sentence
+    elif policy == "fixed_sentence":
+        assert len(picked) == 4 and changed == 0  # one sentence per tile, different tiles, never redrawn
+    else:
+        assert len(picked) == 4 and changed >= 12  # redrawn every epoch (3 in 4 change on average)

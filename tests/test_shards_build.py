@@ -114,6 +114,7 @@ def test_toolkit_layout_end_to_end(tmp_path, ray_local):
         assert (meta["city"], meta["z"], meta["x"], meta["y"]) == (CITY, 16, want["x"], want["y"])
         assert meta["indicators"] == want["indicators"] and meta["poi"] == want["poi"]
         assert meta["image_sha256"] == want["sha256"] and meta["caption_source"] == "urbanclip"
+        assert meta["image"] == f"{CITY}/16_{want['x']}_{want['y']}_s.jpg"  # as the captions name it
         if want["bd09"]:
             lat, lon = geo.bd09_to_wgs84(*(float(v) for v in want["bd09"].strip("()").split(",")))
         else:
@@ -199,6 +200,7 @@ def test_manifest_source_to_s3_with_byte_cap_and_idempotent_rerun(tmp_path, s3_s
     for i, row in enumerate(rows):
         meta = json.loads(samples[f"mapville_16_{row['x']}_{row['y']}"]["json"])
         assert meta["indicators"] == {"nightlight": 0.5 * i} and meta["caption_source"] == "manifest"
+        assert meta["image"] == row["image"]  # as written in the manifest (relative, or row 5's absolute)
         assert meta["bounds"] == geo.xyz_tile_bounds(row["x"], row["y"], 16)
     for i in (4, 5):
         meta = json.loads(samples[f"mapville_16_{rows[i]['x']}_{rows[i]['y']}"]["json"])

@@ -84,6 +84,12 @@ def test_expert_overrides_merge_but_cannot_touch_batch_sizes():
         _ds(cfg, 2, {"train_micro_batch_size_per_gpu": 4})
 
 
+def test_exponent_floats_from_the_command_line_are_floats():
+    assert load_train_config(TINY, ["optim.lr=2e-3"]).optim.lr == 0.002  # YAML 1.1 reads 2e-3 as a string
+    with pytest.raises(ConfigError, match=r"'optim.lr': expected float, got 'fast'"):
+        load_train_config(TINY, ["optim.lr=fast"])
+
+
 def test_micro_batch_must_divide_per_rank_share():
     with pytest.raises(ConfigError, match=r"'batch.micro_batch'.*8 x 3.*multiple of 24"):
         BatchConfig(global_batch=32, micro_batch=8).check(3)
@@ -105,6 +111,11 @@ def _train(capsys, shards: str, run: Path, *extra: str) -> tuple[int, str]:
     (["--set", "batch.micro_batch=32"], "config key 'batch.micro_batch': micro_batch x ranks = 32 x 2"),
     (["--set", "model.name=ViT-Nope-1"], "config key 'model.name': unknown model 'ViT-Nope-1'"),
     (["--set", "deepspeed.zero_stage=4"], "config key 'deepspeed.zero_stage': 4 is not one of 0, 1, 2, 3"),
+    (["--set", "model.name=cityscale-coca-nano-32", "--set", "loss.kind=siglip"],
+     "config key 'loss.kind': cityscale-coca-nano-32 is a CoCa model"),
+    (["--set", "loss.caption_weight=-1"], "config key 'loss.caption_weight': -1.0 must be >= 0"),
+    (["--set", "loss.logit_scale_max=0.5"], "config key 'loss.logit_scale_max': 0.5 must be 0 (no clamp) or >= 1"),
+    (["--set", "data.caption=first"], "config key 'data.caption'"),
 ])
 def test_bad_config_is_one_line_exit_2_and_nothing_starts(capsys, shards, tmp_path, extra, expected):
     code, err = _train(capsys, shards, tmp_path / "run", *extra)
@@ -140,7 +151,7 @@ def test_trainer_main_rejects_bad_config_before_any_process_group(capsys, shards
     code = trainer_main.main(["--config", TINY, "--set", f"run.shards={shards}", "--set", f"run.dir={tmp_path}",
                               "--set", "model.pretrained=no-such-tag"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "'model.pretrained'" in err and "neither a file nor a pretrained tag" in err
+    assert code == 2 and "'model.pretrained'" in err and "nor a pretrained tag of cityscale-nano-32" in err
 
 
 # ----------------------------------------------------------------------------- cityscale train: dry run
@@ -182,7 +193,7 @@ def test_pretrained_tag_offline_says_how_to_point_at_local_weights(monkeypatch, 
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the hub's own offline mode
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
-    with pytest.raises(ConfigError, match=r"'model.pretrained': weights ViT-B-32/openai could not be fetched "
+    with pytest.raises(ConfigError, match=r"'model.pretrained': weights ViT-B-32/openai are neither in the Hugging Face cache nor reachable "
                                           r".*set model.pretrained=/path/to/open_clip_model.safetensors"):
         resolve_weights(ModelConfig(name="ViT-B-32", pretrained="openai"))
     local = tmp_path / "w.safetensors"

@@ -3,7 +3,8 @@
 Two real gloo ranks (torch.multiprocessing spawn, no DeepSpeed) each take half of a batch, compute the loss
 with features gathered with gradient, backward, and average gradients as data parallelism does; one process
 computes the same loss on the whole batch. Loss and every gradient must agree, for InfoNCE (local and full
-form), SigLIP, and with the step split into micro-batches through the feature cache. A small two-tower model
+form), SigLIP, CoCa (InfoNCE + captioning cross-entropy, ranks holding different token counts), and with the
+step split into micro-batches through the feature cache. A small two-tower model
 stands in for open_clip here (the maths is the point; the DeepSpeed test trains the real model).
 """
 
@@ -20,7 +21,7 @@ import torch.multiprocessing as mp
 from configs.train import LossConfig
 from trainer import dist
 from trainer.accum import split_micro, train_step
-from trainer.loss import InfoNCE, SigLIP, build_loss, model_kwargs
+from trainer.loss import CoCa, InfoNCE, SigLIP, build_loss, clamp_scale, model_kwargs
 
 N, DIM, TOKENS = 16, 12, 6  # whole batch, image feature size, text length
 CASES = {  # name -> (loss config, micro-batches per rank)
@@ -28,7 +29,9 @@ CASES = {  # name -> (loss config, micro-batches per rank)
     "infonce-local-accum": (LossConfig(kind="infonce", local_loss=True), 2),
     "infonce-full-accum": (LossConfig(kind="infonce", local_loss=False), 4),
     "siglip-accum": (LossConfig(kind="siglip"), 2),
+    "coca-accum": (LossConfig(kind="infonce", contrastive_weight=0.5, caption_weight=2.0), 2),
 }
+VOCAB = 50
 
 
 class Towers(torch.nn.Module):
@@ -51,6 +54,22 @@ class Towers(torch.nn.Module):
         return out
 
 
+class CaptionTowers(Towers):
+    """Towers plus a tiny captioning decoder: next-token logits from the token embedding and the image."""
+
+    def __init__(self) -> None:
+        super().__init__(siglip=False)
+        self.token = torch.nn.Embedding(VOCAB, 8)
+        self.image_to_decoder = torch.nn.Linear(DIM, 8)
+        self.head = torch.nn.Linear(8, VOCAB)
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().forward(images, texts)
+        hidden = torch.tanh(self.token(texts[:, :-1]) + self.image_to_decoder(images)[:, None])
+        out["logits"] = self.head(hidden)  # no labels: train_step derives them from texts (open_clip > 3.3)
+        return out
+
+
 class PlainStepper:
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
@@ -63,15 +82,20 @@ class PlainStepper:
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and texts; texts are padded with 0 after a random length, so ranks hold different token counts."""
     g = torch.Generator().manual_seed(1)
-    return torch.randn(N, DIM, generator=g), torch.randint(1, 50, (N, TOKENS), generator=g)
+    texts = torch.randint(1, VOCAB, (N, TOKENS), generator=g)
+    lengths = torch.randint(2, TOKENS + 1, (N,), generator=g)
+    texts[torch.arange(TOKENS)[None, :] >= lengths[:, None]] = 0
+    return torch.randn(N, DIM, generator=g), texts
 
 
 def _run(cfg: LossConfig, micro_per_rank: int, rank: int, world: int) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss and gradients of `rank` on its slice of the batch (gradients not yet averaged)."""
-    model = Towers(siglip=bool(model_kwargs(cfg)))
+    captioning = cfg.caption_weight != LossConfig().caption_weight
+    model = CaptionTowers() if captioning else Towers(siglip=bool(model_kwargs(cfg)))
     images, texts = (t.chunk(world)[rank] for t in _data())
-    result = train_step(PlainStepper(model), build_loss(cfg, rank=rank, world_size=world),
+    result = train_step(PlainStepper(model), build_loss(cfg, rank=rank, world_size=world, captioning=captioning),
                         split_micro(images, texts, images.shape[0] // micro_per_rank))
     return result.losses["loss"], {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -121,9 +145,9 @@ def test_two_gloo_ranks_equal_one_process_on_the_concatenated_batch(name, two_ra
     _assert_same(got["loss"], got["grads"], ref_loss, ref_grads)
 
 
-@pytest.mark.parametrize("kind", ["infonce", "siglip"])
-def test_feature_cache_accumulation_equals_one_big_batch(kind):
-    cfg = LossConfig(kind=kind)
+@pytest.mark.parametrize("name", ["infonce-local", "siglip-accum", "coca-accum"])
+def test_feature_cache_accumulation_equals_one_big_batch(name):
+    cfg = CASES[name][0]
     ref = _run(cfg, 1, 0, 1)
     got = _run(cfg, 4, 0, 1)
     _assert_same(*got, *ref)
@@ -151,3 +175,34 @@ def test_local_labels_are_offset_by_rank():
     assert right < 0.1 < wrong
     assert SigLIP(rank=1, world_size=2, gather=gather)(outputs)["contrastive"] < \
         SigLIP(rank=0, world_size=2, gather=gather)(outputs)["contrastive"]
+
+
+def test_coca_terms_are_weighted_and_the_caption_term_ignores_padding():
+    images, texts = _data()
+    model = CaptionTowers()
+    plain = CoCa(contrastive=InfoNCE(rank=0, world_size=1), contrastive_weight=1.0, caption_weight=1.0,
+                 world_size=1)
+    weighted = CoCa(contrastive=InfoNCE(rank=0, world_size=1), contrastive_weight=0.5, caption_weight=2.0,
+                    world_size=1)
+    with torch.no_grad():
+        out = model(images, texts)
+        out["labels"] = texts[:, 1:]
+        for loss in (plain, weighted):
+            loss.start_step(texts)
+        a, b = plain(out), weighted(out)
+        mask = texts[:, 1:] != 0
+        expected = torch.nn.functional.cross_entropy(out["logits"][mask], texts[:, 1:][mask])
+    assert float(a["caption"]) == pytest.approx(float(expected), rel=1e-5)  # open_clip's CoCaLoss, one rank
+    assert float(b["caption"]) == pytest.approx(2.0 * float(a["caption"]), rel=1e-6)
+    assert float(b["contrastive"]) == pytest.approx(0.5 * float(a["contrastive"]), rel=1e-6)
+
+
+def test_logit_scale_is_clamped_in_the_loss_and_its_gradient_stops_there():
+    feats = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    raw = torch.tensor(150.0, requires_grad=True)
+    outputs = {"image_features": feats, "text_features": feats, "logit_scale": raw}
+    loss = InfoNCE(rank=0, world_size=1, max_scale=100.0)
+    assert float(loss.logit_scale(outputs).detach()) == 100.0
+    loss(outputs)["contrastive"].backward()
+    assert raw.grad == 0  # above the clamp: the parameter is not pushed further
+    assert float(clamp_scale(torch.tensor(0.5), 100.0)) == 1.0 and float(clamp_scale(raw, 0.0).detach()) == 150.0

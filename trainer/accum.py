@@ -8,6 +8,9 @@ negative pool stays one micro-batch. Here one optimizer step sees all its micro-
    loss over the whole pool and backward. Only micro-batch j's rows carry gradient, so summing over j
    gives exactly the gradient of the whole-pool loss.
 
+Per-sample terms that are not pooled (CoCa's captioning, `loss.summed_terms`) are computed on micro-batch j
+alone; their step value is the sum over j, as is their gradient.
+
 Per-step parameters (`loss.shared_keys`: logit scale and bias) are live only for j == 0 and detached
 otherwise, so their gradient is counted once (open_clip counts it accum_freq times). With one micro-batch
 the cache pass is skipped. The recomputed forward must equal the cached one: the models have no dropout
@@ -53,25 +56,40 @@ def _cache(stepper: Stepper, micro: list[Micro], keys: tuple[str, ...]) -> list[
 
 def _pool(cached: list[dict[str, torch.Tensor]], live: dict[str, torch.Tensor], j: int,
           pooled: tuple[str, ...], shared: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Outputs of the whole step with micro-batch j's rows (and, for j == 0, the shared scalars) live."""
-    out = {k: v if j == 0 else v.detach() for k, v in live.items() if k in shared}
+    """Outputs of the whole step with micro-batch j's rows (and, for j == 0, the shared scalars) live;
+    per-sample outputs that are not pooled (CoCa's decoder logits and labels) stay micro-batch j's own."""
+    out = {k: v for k, v in live.items() if k not in pooled and k not in shared}
+    out.update({k: v if j == 0 else v.detach() for k, v in live.items() if k in shared})
     for k in pooled:
         out[k] = torch.cat([c[k] for c in cached[:j]] + [live[k]] + [c[k] for c in cached[j + 1:]])
     return out
 
 
+def _forward(stepper: Stepper, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's outputs; a captioning model gets its labels from the text when it does not return them
+    (open_clip after 3.3, KNOWN_PITFALLS #7): the next token at every position."""
+    outputs = stepper.forward(images, texts)
+    if "logits" in outputs and "labels" not in outputs:
+        outputs["labels"] = texts[:, 1:].to(outputs["logits"].device)
+    return outputs
+
+
 def train_step(stepper: Stepper, loss_fn: Loss, micro: list[Micro]) -> StepResult:
     """Forward/backward of one optimizer step over `micro` (the optimizer update is the stepper's business)."""
+    loss_fn.start_step(torch.cat([texts for _, texts in micro]))
     cached = _cache(stepper, micro, loss_fn.pooled_keys) if len(micro) > 1 else [{}]
+    summed: dict[str, float] = {}
     for j, (images, texts) in enumerate(micro):
-        live = stepper.forward(images, texts)
+        live = _forward(stepper, images, texts)
         outputs = _pool(cached, live, j, loss_fn.pooled_keys, loss_fn.shared_keys) if len(micro) > 1 else live
         terms = loss_fn(outputs)
-        total = sum(terms.values())
-        stepper.backward(total)
+        stepper.backward(sum(terms.values()))
+        for k in loss_fn.summed_terms:
+            summed[k] = summed.get(k, 0.0) + float(terms[k].detach())  # host sync per micro-batch (CoCa only)
     values = {k: float(v.detach()) for k, v in terms.items()}  # host sync: once per step
-    values["loss"] = float(total.detach())
-    return StepResult(losses=values, logit_scale=float(outputs["logit_scale"].detach()))
+    values.update(summed)
+    values["loss"] = sum(values.values())
+    return StepResult(losses=values, logit_scale=float(loss_fn.logit_scale(outputs).detach()))
 
 
 __all__ = ["Stepper", "StepResult", "split_micro", "train_step"]

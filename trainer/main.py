@@ -75,14 +75,17 @@ def run(cfg: TrainConfig, info: dist.DistInfo, manifest: Manifest, weights: str 
     data = build_stream(cfg.data, manifest, built, per_rank_batch=cfg.batch.per_rank(info.world_size),
                         rank=info.rank, world_size=info.world_size)
     checkpointer = Checkpointer(cfg.checkpoint, cfg.run.dir, total_steps=cfg.run.steps, info=info, engine=eng,
-                                export=lambda weights_, folder: model.export(weights_, built, folder))
+                                export=lambda weights_, folder: model.export(weights_, built, folder,
+                                                                             cfg.loss.logit_scale_max))
     restored = checkpointer.restore()
     start = 0
     if restored is not None:
         data.load_state_dict(restored.loader)
         start = restored.step
         log.info("resumed from step %d (engine step %d)", start, eng.global_steps)
-    trainer = Trainer(engine=eng, loss=build_loss(cfg.loss, rank=info.rank, world_size=info.world_size), data=data,
+    loss = build_loss(cfg.loss, rank=info.rank, world_size=info.world_size,
+                      captioning=model.is_captioner(built.module), pad_id=model.pad_id(built.module))
+    trainer = Trainer(engine=eng, loss=loss, data=data,
                       checkpointer=checkpointer, keys=key_log(cfg.debug.log_sample_keys, cfg.run.dir, info.rank),
                       sink=build_sink(cfg.metrics, run_dir=cfg.run.dir, info=info, total_steps=cfg.run.steps,
                                       start_step=start), micro_batch=cfg.batch.micro_batch)

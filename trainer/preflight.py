@@ -20,16 +20,20 @@ from data_shards.reader import Manifest, read_manifest
 OUR_MODELS = Path(configs.__file__).resolve().parent / "models"
 
 
-def model_names() -> list[str]:
-    """Architectures open_clip can build here (bundled + configs/models), without importing open_clip."""
+def model_configs() -> dict[str, dict]:
+    """Architectures open_clip can build here (bundled + configs/models) by name, without importing open_clip."""
     spec = importlib.util.find_spec("open_clip")
     folders = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
-    names = set()
+    found = {}
     for path in [p for folder in [*folders, OUR_MODELS] for p in folder.glob("*.json")]:
         cfg = json.loads(path.read_text())
         if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            names.add(path.stem)
-    return sorted(names)
+            found[path.stem] = cfg
+    return found
+
+
+def model_names() -> list[str]:
+    return sorted(model_configs())
 
 
 def check_model_name(name: str, path: str = "model.name") -> None:
@@ -45,6 +49,9 @@ def check(cfg: TrainConfig, world_size: int) -> Manifest:
     """All launch-time checks; returns the manifest. Raises ConfigError (one line, naming the key)."""
     cfg.check_runnable(world_size)
     check_model_name(cfg.model.name)
+    if "multimodal_cfg" in model_configs()[cfg.model.name] and cfg.loss.kind != "infonce":
+        raise ConfigError(f"config key 'loss.kind': {cfg.model.name} is a CoCa model, trained with InfoNCE plus "
+                          f"captioning (open_clip's CoCaLoss); {cfg.loss.kind!r} is not supported: set loss.kind=infonce")
     if cfg.metrics.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config key 'metrics.tensorboard' is true but tensorboard is not installed: "
                           "`pip install tensorboard` or set it to false")
