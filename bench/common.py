@@ -9,6 +9,7 @@ at the start, so a reader can tell a slow run from a busy machine.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, "-m", "launcher.cli"]
 
 
 def machine_load() -> str:
@@ -80,3 +82,21 @@ class Stopwatch:
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
         return seconds
+
+
+def prepare_shards(out: str, tiles: int, size: int, city: str = "Evalton") -> str:
+    """Synthetic city (seed 0) -> shards in out/shards, the city in out/synth (cached: reused when
+    manifest.json exists)."""
+    shards, synth = os.path.join(out, "shards"), os.path.join(out, "synth")
+    if os.path.exists(os.path.join(shards, "manifest.json")):
+        return shards
+    shutil.rmtree(synth, ignore_errors=True)
+    print(f"bench: synthesising {tiles} tiles and building shards in {shards} ...", flush=True)
+    logs = os.path.join(out, "logs")
+    run_logged(CLI + ["synth", "--out", synth, "--city", city, "--tiles", str(tiles), "--seed", "0",
+                      "--size", str(size), "--no-progress"], os.path.join(logs, "synth.log"), env=thread_env(2))
+    run_logged(CLI + ["shards", "build", "--captions", f"{synth}/captions/{city}_captions.json",
+                      "--images", f"{synth}/images", "--indicators", f"{synth}/downstream_task/{city}.csv",
+                      "--out", shards, "--image-size", str(size), "--no-progress"],
+               os.path.join(logs, "build.log"), env=thread_env(2))
+    return shards

@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, for `bench.common`
 
-from bench.common import REPO, machine_load, run_logged, thread_env  # noqa: E402
+from bench.common import CLI, REPO, machine_load, prepare_shards, run_logged, thread_env  # noqa: E402
 from configs.eval import EvalConfig  # noqa: E402
 from configs.train import ModelConfig  # noqa: E402
 from data_shards.reader import read_manifest  # noqa: E402
@@ -46,24 +46,6 @@ from trainer import model as trainer_model  # noqa: E402
 
 OUT = os.path.join(REPO, "bench_out", "eval")
 MODEL = "cityscale-nano-32"
-CLI = [sys.executable, "-m", "launcher.cli"]
-
-
-def prepare_shards(out: str, tiles: int, size: int) -> str:
-    """Synthetic city -> shards (cached: reused when manifest.json exists)."""
-    shards, synth = os.path.join(out, "shards"), os.path.join(out, "synth")
-    if os.path.exists(os.path.join(shards, "manifest.json")):
-        return shards
-    shutil.rmtree(synth, ignore_errors=True)
-    print(f"bench: synthesising {tiles} tiles and building shards in {shards} ...", flush=True)
-    logs = os.path.join(out, "logs")
-    run_logged(CLI + ["synth", "--out", synth, "--city", "Evalton", "--tiles", str(tiles), "--seed", "0",
-                      "--size", str(size), "--no-progress"], os.path.join(logs, "synth.log"), env=thread_env(2))
-    run_logged(CLI + ["shards", "build", "--captions", f"{synth}/captions/Evalton_captions.json",
-                      "--images", f"{synth}/images", "--indicators", f"{synth}/downstream_task/Evalton.csv",
-                      "--out", shards, "--image-size", str(size), "--no-progress"],
-               os.path.join(logs, "build.log"), env=thread_env(2))
-    return shards
 
 
 def export_checkpoint(run: str, step: int, complete: bool) -> str:

@@ -111,10 +111,14 @@ def test_a_clip_checkpoint_cannot_caption(shards, checkpoints):
 
 # ----------------------------------------------------------------------------- cityscale caption
 
-def test_cli_writes_the_csv_to_s3_and_prints_metrics(shards, checkpoints, s3_server, capsys):
+def test_cli_writes_the_csv_to_s3_and_prints_metrics(shards, checkpoints, s3_server, capsys, tmp_path):
     out = s3_server.uri("captions", "test.csv")
+    truth = tmp_path / "truth.csv"  # a synthetic city's truth file for the test tiles (testcity_16_{i}_7)
+    truth.write_text("satellite_img_name,x,y,dominant\n" + "".join(
+        f"testcity/16_{i}_7_s.jpg,{i},7,water\n" for i in range(40, 40 + TEST_TILES)))
     assert cli(["caption", "--checkpoint", checkpoints["coca"], "--shards", shards, "--out", out,
-                "--max-len", str(SHORT), "--seed", "3", "--workers", "0", "--no-progress"]) == 0
+                "--max-len", str(SHORT), "--seed", "3", "--workers", "0", "--no-progress",
+                "--land-use-truth", str(truth)]) == 0
     with fsspec.open(out, "r") as f:
         text = f.read()
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -124,6 +128,7 @@ def test_cli_writes_the_csv_to_s3_and_prints_metrics(shards, checkpoints, s3_ser
     printed = capsys.readouterr().out
     assert f"{TEST_TILES} captions of split 'test' (top_p 0.1, seed 3)" in printed
     assert all(m in printed for m in METRICS) and out in printed
+    assert "dominant land use named in" in printed and f"of {TEST_TILES} captions (chance" in printed
 
 
 def test_cli_errors_are_one_line(shards, checkpoints, tmp_path, capsys):

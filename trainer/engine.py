@@ -11,6 +11,8 @@ Loading is restricted to `torch.load(weights_only=True)`: DeepSpeed's stock chec
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import deepspeed
@@ -32,9 +34,22 @@ class SafeLoadCheckpointEngine(TorchCheckpointEngine):
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def init_distributed() -> None:
-    """Join the process group the deepspeed launcher set up (env: MASTER_ADDR/PORT, RANK, WORLD_SIZE)."""
+SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer"  # DeepSpeed's csrc/cpu/comm/shm.cpp SHM_BUFFER_NAME
+
+
+def init_distributed(rank: int) -> None:
+    """Join the process group the deepspeed launcher set up (env: MASTER_ADDR/PORT, RANK, WORLD_SIZE).
+
+    On CPU, DeepSpeed also maps a 66 MB POSIX shared-memory all-reduce buffer per rank and never unlinks it:
+    every run would leave ranks x 66 MB in /dev/shm until reboot. Once all ranks have mapped each other's
+    buffers (the barrier), each rank unlinks its own name; the mappings stay valid until the process exits."""
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        return
+    deepspeed.comm.barrier()  # sync point: every rank has opened every other rank's buffer
+    name = f"{SHM_BUFFER}_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}_{rank}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
 
 
 class Engine:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(cfg: TrainConfig, info: dist.DistInfo, manifest: Manifest, weights: str | None, overrides: dict) -> None:
-    engine.init_distributed()
+    engine.init_distributed(info.rank)
     torch.manual_seed(cfg.run.seed)
     built = model.build(cfg.model, weights, model_kwargs(cfg.loss))
     ds_dict = deepspeed_config(batch=cfg.batch, optim=cfg.optim, schedule=cfg.schedule, zero=cfg.deepspeed,
