@@ -1,14 +1,14 @@
 """UrbanCLIP location descriptions on the synthetic city: after a short CPU training of the tiny CoCa, how often
 does a generated caption name the tile's dominant land use, against chance?
 
-    .venv/bin/python bench/urbanclip_captions.py                       # ~10 min on 2 cores
-    .venv/bin/python bench/urbanclip_captions.py --caption fixed_sentence --lr 1e-3 --steps 500
+    .venv/bin/python bench/urbanclip_captions.py                       # ~12 min on 2 cores
+    .venv/bin/python bench/urbanclip_captions.py --caption join --steps 400
 
 Steps (everything under bench_out/urbanclip/, logs in logs/):
 1. one synthetic city (`cityscale synth`, `--tiles` tiles of `--size` px, seed 0) built into shards with the
    default 80/10/10 spatial split; the generator's truth file knows each tile's dominant land use;
-2. `cityscale train` with configs/train/urbanclip-tiny-cpu.yaml on 2 CPU ranks for `--steps` steps, with the
-   caption policy and learning rate given here;
+2. `cityscale train` with configs/train/urbanclip-tiny-cpu.yaml on 2 CPU ranks for `--steps` steps (its
+   caption policy, fixed_sentence, and learning rate unless given here);
 3. `cityscale caption` on every test tile (top_p 0.1, 30 tokens: UrbanCLIP's settings) with
    `--land-use-truth`: the mention rate of the dominant land use against chance (the same captions paired
    with the land uses of other tiles, eval/land_use.py), plus BLEU/ROUGE-L/CIDEr; a summary JSON is written.
@@ -39,7 +39,8 @@ def train(shards: str, run: str, args: argparse.Namespace) -> float:
     started = time.time()
     run_logged(CLI + ["train", "--config", "configs/train/urbanclip-tiny-cpu.yaml", "--shards", shards,
                       "--run", run, "--steps", str(args.steps), "--nproc", "2",
-                      "--set", f"data.caption={args.caption}", "--set", f"optim.lr={args.lr}",
+                      "--set", f"data.caption={args.caption}",
+                      *(["--set", f"optim.lr={args.lr}"] if args.lr else []),
                       "--set", f"schedule.warmup_steps={max(1, args.steps // 20)}",
                       "--set", f"checkpoint.every_steps={args.steps}", "--set", "metrics.port_base=0",
                       "--set", "metrics.progress=false"],
@@ -71,16 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", type=int, default=2000, help="synthetic tiles (about 80%% land in train)")
     p.add_argument("--size", type=int, default=64, help="tile size in px")
     p.add_argument("--steps", type=int, default=600, help="training steps (global batch 32)")
-    p.add_argument("--caption", default="join", choices=["join", "fixed_sentence", "random_sentence"],
-                   help="data.caption policy of the training run")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--caption", default="fixed_sentence", choices=["join", "fixed_sentence", "random_sentence"],
+                   help="data.caption policy of the training run (the recipe's: fixed_sentence)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--out", default=os.path.join("bench_out", "urbanclip"))
     args = p.parse_args(argv)
     print(f"bench: {machine_load()}", flush=True)
     shards = prepare_shards(args.out, args.tiles, args.size, CITY)
     run = os.path.join(args.out, f"run-{args.caption}-{args.steps}")
     seconds = train(shards, run, args)
-    print(f"trained {args.steps} steps ({args.caption}, lr {args.lr}) in {seconds:.0f} s", flush=True)
+    print(f"trained {args.steps} steps ({args.caption}, lr {args.lr or 'of the recipe'}) in {seconds:.0f} s",
+          flush=True)
     rows = caption(shards, os.path.join(run, "checkpoints", f"step_{args.steps}"), args.out)
     truth = read_truth(os.path.join(args.out, "synth", "truth", f"{CITY}.csv"))
     summary = {"args": vars(args), "train_seconds": seconds, "losses": losses(run),
