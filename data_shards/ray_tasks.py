@@ -5,8 +5,9 @@ with uuids, caps no shard sizes and publishes nothing atomically). Each task rea
 through fsspec and writes its shard(s) to temporary names; results are small dicts. The driver keeps at most
 `ray.num_workers` tasks in flight, submitting the largest chunks first so the last wave stays short, and hands
 every result to a callback that publishes it (and may ask for a chunk to be run again). It prepares each
-chunk's pixel-independent sample bytes (writer.prepare) one chunk ahead, while the workers run, so a worker
-that finishes does not wait for that.
+chunk's pixel-independent sample bytes (writer.prepare) one chunk ahead, while the workers run, and puts them
+in Ray's object store right away, so a worker that finishes waits neither for the preparation nor for the
+~2 MB argument of a 500-tile chunk to be stored (~7 ms on the project VM).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def shutdown() -> None:
 
 
 @ray.remote(num_cpus=1)
-def _chunk_task(task: ChunkTask) -> dict[str, Any]:
+def _chunk_task(task: ChunkTask) -> dict[str, Any]:  # Ray resolves a stored argument before the call
     return run_chunk(task)
 
 
@@ -53,14 +54,14 @@ def run_jobs(jobs: list[ChunkJob], num_workers: int,
     """Run every job (largest first, <= num_workers in flight); `on_result` returns jobs to run again."""
     queue = deque(sorted(jobs, key=lambda j: (-len(j.tiles), j.split, j.index)))
     in_flight: dict[ray.ObjectRef, ChunkJob] = {}
-    ahead: tuple[ChunkJob, ChunkTask] | None = None  # the next job, prepared while the workers run
+    ahead: tuple[ChunkJob, ray.ObjectRef] | None = None  # the next job, prepared and stored while workers run
     while queue or in_flight:
         while queue and len(in_flight) < num_workers:
             job = queue.popleft()
             task = ahead[1] if ahead is not None and ahead[0] is job else prepare(job)
             in_flight[_chunk_task.remote(task)] = job
         if queue and (ahead is None or ahead[0] is not queue[0]):
-            ahead = (queue[0], prepare(queue[0]))
+            ahead = (queue[0], ray.put(prepare(queue[0])))
         # sync point: block until at least one task has finished
         done, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in done:

@@ -37,10 +37,11 @@ from configs.loader import ConfigError, from_dict, key_path, run_module, to_dict
 from data_shards.augment import tile_transform
 from data_shards.reader import Manifest, ShardLoader, read_manifest
 from data_shards.storage import write_bytes_atomic
+from data_shards.tokenize import CaptionTokenizer
 from eval.baselines import denormalise
 from eval.caption_metrics import METRICS, caption_scores
 from eval.checkpoints import CheckpointError, LoadedModel, fetch, load_model, local_workdir, ref_from_uri
-from eval.embed import Tokenize, spread_shards
+from eval.embed import spread_shards
 from eval.land_use import mention_rate, read_truth
 
 CSV_COLUMNS = ("key", "image", "generated", "references")
@@ -113,7 +114,7 @@ def _loader(source: Manifest, split: str, model: LoadedModel, cfg: CaptionConfig
                        batch_size=cfg.batch_size, rank=0, world_size=1,
                        image_transform=tile_transform(model.image_size, model.mean, model.std, train=False,
                                                       augment=AugmentConfig()),
-                       tokenize=Tokenize(model.tokenizer), train=False, with_meta=True)
+                       tokenize=CaptionTokenizer(model.tokenizer), train=False, with_meta=True)
 
 
 def generate_captions(manifest: Manifest, split: str, model: LoadedModel, cfg: CaptionConfig, *,

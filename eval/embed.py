@@ -25,20 +25,11 @@ from configs.data import AugmentConfig, LoaderConfig
 from configs.eval import EvalConfig
 from data_shards.augment import tile_transform
 from data_shards.reader import Manifest, ShardLoader
+from data_shards.tokenize import CaptionTokenizer
 from eval.baselines import denormalise
 from eval.checkpoints import LoadedModel
 
 Extractor = Callable[[torch.Tensor, torch.Tensor], dict[str, np.ndarray]]
-
-
-class Tokenize:
-    """One caption -> 1-D LongTensor [context_length] (a class: DataLoader workers pickle it)."""
-
-    def __init__(self, tokenizer: Callable) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, caption: str) -> torch.Tensor:
-        return self.tokenizer([caption])[0]
 
 
 @dataclass
@@ -100,7 +91,7 @@ def embed_split(manifest: Manifest, split: str, extractors: list[Extractor], mod
                          batch_size=cfg.batch_size, rank=0, world_size=1,
                          image_transform=tile_transform(model.image_size, model.mean, model.std, train=False,
                                                         augment=AugmentConfig()),
-                         tokenize=Tokenize(model.tokenizer), train=False, with_meta=True)
+                         tokenize=CaptionTokenizer(model.tokenizer), train=False, with_meta=True)
     data = SplitData(split=split)
     parts: dict[str, list[np.ndarray]] = {}
     with tqdm(total=expected, desc=f"embed {split}", unit="tile", disable=not progress, leave=False) as bar:
@@ -119,4 +110,4 @@ def embed_split(manifest: Manifest, split: str, extractors: list[Extractor], mod
     return data
 
 
-__all__ = ["SplitData", "Tokenize", "spread_shards", "embed_split"]
+__all__ = ["SplitData", "spread_shards", "embed_split"]

@@ -252,21 +252,6 @@ def test_loader_config_errors_name_the_dotted_key(data, key):
         from_dict(LoaderConfig, data, "loader")
 
 
-# ----------------------------------------------------------------------------- transforms
-
-def test_tile_transforms_shape_normalisation_and_eval_determinism():
-    tile = PIL.Image.open(io.BytesIO(make_samples(1)[0]["jpg"])).convert("RGB")
-    train = tile_transform(16, MEAN, STD, True, AugmentConfig())
-    evaluate = tile_transform(16, MEAN, STD, False, AugmentConfig())
-    out = train(tile)
-    assert out.shape == (3, 16, 16) and out.dtype == torch.float32
-    assert torch.equal(evaluate(tile), evaluate(tile))
-    assert evaluate(tile).min() >= (0 - 0.5) / 0.25 and evaluate(tile).max() <= (1 - 0.5) / 0.25
-    torch.manual_seed(0)
-    outs = [train(tile) for _ in range(8)]
-    assert any(not torch.equal(outs[0], o) for o in outs[1:])  # augmentation is random
-
-
 # ----------------------------------------------------------------------------- caption policy
 
 def _four_sentence_folder(root) -> None:

@@ -72,8 +72,16 @@ def test_deepspeed_dict_maps_stage_precision_clip_and_schedule():
     assert ds["gradient_clipping"] == 0.5
     assert ds["scheduler"]["type"] == "WarmupLR" and ds["scheduler"]["params"]["warmup_num_steps"] == 3
     assert ds["optimizer"]["params"]["lr"] == cfg.optim.lr and ds["optimizer"]["params"]["torch_adam"]
+    assert ds["optimizer"]["params"]["fused"]  # torch's fused AdamW (CPU and GPU)
     cosine = _ds(load_train_config(TINY), 2)["scheduler"]
     assert cosine["type"] == "WarmupCosineLR" and cosine["params"]["total_num_steps"] == 40
+
+
+def test_one_rank_runs_stage_zero_unless_the_override_tunes_zero():
+    cfg = load_train_config(TINY, ["deepspeed.zero_stage=2"])
+    assert _ds(cfg, 1)["zero_optimization"] == {"stage": 0} and _ds(cfg, 2)["zero_optimization"] == {"stage": 2}
+    offload = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}
+    assert _ds(cfg, 1, offload)["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"}}
 
 
 def test_expert_overrides_merge_but_cannot_touch_batch_sizes():

@@ -15,7 +15,8 @@ import fsspec
 
 from configs.data import LoaderConfig
 from data_shards.reader import Batch, Manifest, ShardLoader
-from trainer.model import BuiltModel, CaptionTokenizer, train_transform
+from data_shards.tokenize import CaptionTokenizer
+from trainer.model import BuiltModel, train_transform
 
 
 class DataStream:

@@ -120,18 +120,6 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0}]
 
 
-class CaptionTokenizer:
-    """One caption -> 1-D LongTensor [context_length]; truncates long captions (open_clip's default).
-
-    A class, not a lambda, because DataLoader workers pickle it."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, caption: str) -> torch.Tensor:
-        return self.tokenizer([caption])[0]
-
-
 def train_transform(built: BuiltModel, augment: AugmentConfig):
     """The augmented tile transform at the model's input size and normalisation."""
     size = built.preprocess_cfg["size"]
@@ -151,5 +139,5 @@ def export(state_dict: dict[str, torch.Tensor], built: BuiltModel, folder: str, 
         json.dump({"model_cfg": built.model_cfg, "preprocess_cfg": built.preprocess_cfg}, f, indent=1)
 
 
-__all__ = ["BuiltModel", "MODELS_DIR", "resolve_weights", "build", "is_captioner", "pad_id", "param_groups", "CaptionTokenizer",
+__all__ = ["BuiltModel", "MODELS_DIR", "resolve_weights", "build", "is_captioner", "pad_id", "param_groups",
            "train_transform", "export", "EXPORT_CONFIG", "EXPORT_WEIGHTS"]
