@@ -265,8 +265,9 @@ def run_cityscale(setup: Setup, nproc: int) -> Run:
     if len(times) != setup.total_steps:
         sys.exit(f"bench: expected {setup.total_steps} records in {run_dir}/logs/train.jsonl, found {len(times)}")
     extra = "".join(f", {s}" for s in setup.trainer_sets)
+    stage = "ZeRO-2 bf16" if nproc > 1 else "ZeRO-2 bf16; stage 0 on one rank"
     return Run(f"cityscale train x{nproc}", tuple(times), f"{nproc} rank(s) x micro {setup.batch // nproc}, "
-               f"{BASE_CONFIG} (ZeRO-2 bf16{'; stage 0 on one rank' if nproc == 1 else ''}){extra}, 1 loader worker/rank, {threads} thread(s)/rank")
+               f"{BASE_CONFIG} ({stage}){extra}, 1 loader worker/rank, {threads} thread(s)/rank")
 
 
 # ----------------------------------------------------------------------------- report

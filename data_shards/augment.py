@@ -58,15 +58,15 @@ class TileTransform:
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool,
                  augment: AugmentConfig) -> None:
         self.size, self.train, self.augment = size, train, augment
-        self.crop = train and tuple(augment.random_resized_crop_scale) != (1.0, 1.0)  # [1, 1]: whole tile
+        self.scale = tuple(augment.random_resized_crop_scale)
+        self.crop = train and self.scale != (1.0, 1.0)  # [1, 1]: the whole tile
         # x / 255 then (x - mean) / std, fused: (x - 255 mean) * 1 / (255 std)
         self.shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
         self.factor = 1.0 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0)
 
     def __call__(self, image: PIL.Image.Image) -> torch.Tensor:
         crop_u, (hflip_u, vflip_u, rot_u) = _draws() if self.train else ([], (1.0, 1.0, 0.0))
-        box = (random_crop_box(*image.size, tuple(self.augment.random_resized_crop_scale), crop_u)
-               if self.crop else centre_square(*image.size))
+        box = random_crop_box(*image.size, self.scale, crop_u) if self.crop else centre_square(*image.size)
         image = image.resize((self.size, self.size), PIL.Image.Resampling.BILINEAR, box=box)
         if self.augment.hflip and hflip_u < 0.5:
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)

@@ -33,7 +33,7 @@ class CaptionTokenizer:
         ids = [tok.sot_token_id]
         for match in tok.pat.finditer(tok.clean_fn(caption)):
             word = match.group()
-            ids += self._words[word] if word in self._words else self._encode(word)
+            ids += self._words.get(word) or self._encode(word)
             if len(ids) >= length:  # the rest would be cut: open_clip truncates to length with eot last
                 break
         ids = ids[:length - 1] + [tok.eot_token_id]

@@ -7,12 +7,10 @@ environment); workers are real DataLoader worker processes.
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
 from collections import Counter
 
-import PIL.Image
 import pytest
 import torch
 

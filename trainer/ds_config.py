@@ -12,16 +12,16 @@ backward, so DeepSpeed reduces gradients, clips and updates exactly once per ste
 boundary, with its batch bookkeeping (train_batch_size, samples seen) consistent with ours.
 
 One rank has nothing to partition: there the ZeRO stage is 0 whatever `deepspeed.zero_stage` says (the same
-update: bf16 weights with fp32 master weights and AdamW state), because DeepSpeed's
-ZeRO-1/2 optimizer costs a single rank 13-20% of its step on CPU (docs/benchmarks.md, "Trainer throughput") in
-bucketing, flattening and partition bookkeeping. An override file that sets any `zero_optimization` key
+update: bf16 weights with fp32 master weights and AdamW state), because DeepSpeed's ZeRO-1/2 optimizer costs a
+single rank 13-20% of its step on CPU (docs/benchmarks.md, "Trainer throughput") in bucketing, flattening and
+partition bookkeeping. An override file that sets any `zero_optimization` key
 (offloading, say) keeps the configured stage.
 
 Optimizer and LR schedule are in the dict too, so DeepSpeed builds, steps and checkpoints them (exact
 resume of the schedule comes from its checkpoint): torch's own AdamW (`torch_adam`, no DeepSpeed op build
 needed) in its fused form, one kernel per step on CPU and GPU (on the project VM 9 ms instead of 55 ms for the
-10 M parameters of the benchmark model, ~7% of its step), and WarmupCosineLR or WarmupLR. An expert override dict is merged in
-last; it may not touch the batch keys.
+10 M parameters of the benchmark model, ~7% of its step), and WarmupCosineLR or WarmupLR. An expert override
+dict is merged in last; it may not touch the batch keys.
 """
 
 from __future__ import annotations
