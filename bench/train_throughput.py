@@ -15,7 +15,10 @@ Contenders (same model JSON, global batch 64, bf16, AdamW, CLIP InfoNCE loss, gr
   `--precision amp_bf16`, in its own venv (bench/peer_venv.sh; webdataset <= 0.2.86, KNOWN_PITFALLS #4). The
   model JSON reaches it through open_clip's `local-dir:` model schema. Its per-step `Batch (t)` is parsed.
 - cityscale x1 / x2: `cityscale train` with 1 rank (micro batch 64) and 2 ranks (micro batch 32 each, the same
-  global batch of 64 and so the same negatives per step), rates from the time stamps in RUN/logs/train.jsonl.
+  global batch of 64 and so the same negatives per step), rates from the time stamps in RUN/logs/train.jsonl;
+  each in both bf16 modes (--precisions): `bf16` (DeepSpeed's: bf16 weights, fp32 master weights, as the
+  `bf16-master` ceiling) and `amp_bf16` (fp32 weights under torch.autocast, as the `autocast` ceiling and
+  open_clip_train).
 
 Every contender reads the same shards (built here by `cityscale synth` + `cityscale shards build`, 2,000 train
 tiles at 128 px, cached in bench_out/train/shards) except the ceiling. Threads: a one-process contender gets
@@ -234,8 +237,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def cityscale_command(setup: Setup, nproc: int, run_dir: str) -> list[str]:
-    sets = [f"model.name={setup.model}", f"batch.global_batch={setup.batch}",
+def cityscale_command(setup: Setup, nproc: int, run_dir: str, precision: str) -> list[str]:
+    sets = [f"model.name={setup.model}", f"deepspeed.precision={precision}", f"batch.global_batch={setup.batch}",
             f"batch.micro_batch={setup.batch // nproc}", "data.workers=1", "checkpoint.every_steps=0",
             "schedule.warmup_steps=2", "metrics.progress=false", f"metrics.port_base={_free_port()}",
             *setup.trainer_sets]
@@ -254,20 +257,20 @@ def jsonl_step_seconds(lines: list[str]) -> list[float]:
     return [records[0]["step_seconds"]] + [b - a for a, b in zip(stamps, stamps[1:])] if records else []
 
 
-def run_cityscale(setup: Setup, nproc: int) -> Run:
-    run_dir = os.path.join(setup.out, f"run-x{nproc}")
+def run_cityscale(setup: Setup, nproc: int, precision: str) -> Run:
+    run_dir = os.path.join(setup.out, f"run-x{nproc}-{precision}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: no resume from an earlier bench
     threads = max(1, setup.threads // nproc)
-    run_logged(cityscale_command(setup, nproc, run_dir), os.path.join(setup.out, "logs", f"cityscale-x{nproc}.log"),
-               env=thread_env(threads))
+    run_logged(cityscale_command(setup, nproc, run_dir, precision),
+               os.path.join(setup.out, "logs", f"cityscale-x{nproc}-{precision}.log"), env=thread_env(threads))
     with open(os.path.join(run_dir, "logs", "train.jsonl")) as f:
         times = jsonl_step_seconds(f.readlines())
     if len(times) != setup.total_steps:
         sys.exit(f"bench: expected {setup.total_steps} records in {run_dir}/logs/train.jsonl, found {len(times)}")
     extra = "".join(f", {s}" for s in setup.trainer_sets)
-    stage = "ZeRO-2 bf16" if nproc > 1 else "ZeRO-2 bf16; stage 0 on one rank"
-    return Run(f"cityscale train x{nproc}", tuple(times), f"{nproc} rank(s) x micro {setup.batch // nproc}, "
-               f"{BASE_CONFIG} ({stage}){extra}, 1 loader worker/rank, {threads} thread(s)/rank")
+    stage = "ZeRO-2" if nproc > 1 else "stage 0 on one rank"
+    return Run(f"cityscale train x{nproc} {precision}", tuple(times), f"{nproc} rank(s) x micro "
+               f"{setup.batch // nproc}, {BASE_CONFIG} ({stage}){extra}, 1 loader worker/rank, {threads} thread(s)/rank")
 
 
 # ----------------------------------------------------------------------------- report
@@ -316,6 +319,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for cityscale train, e.g. deepspeed.zero_stage=1 (repeatable)")
     p.add_argument("--peer-venv", default=os.path.join(REPO, "bench_out", "peer-venv"))
+    p.add_argument("--precisions", nargs="+", choices=["bf16", "amp_bf16"], default=["bf16", "amp_bf16"],
+                   help="deepspeed.precision values each cityscale contender runs with")
     p.add_argument("--only", nargs="+", choices=["ceiling", "peer", "x1", "x2"],
                    default=["ceiling", "peer", "x1", "x2"], help="contenders to run")
     p.add_argument("--role", choices=["ceiling"], help=argparse.SUPPRESS)  # child process of the ceiling
@@ -344,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"bench: {n_train} train samples < {setup.total_steps} steps x {setup.batch}: raise --tiles")
     runs = {"ceiling": lambda: [run_ceiling(setup, m) for m in CEILING_MODES],
             "peer": lambda: [run_peer(setup, os.path.abspath(args.peer_venv))],
-            "x1": lambda: [run_cityscale(setup, 1)], "x2": lambda: [run_cityscale(setup, 2)]}
+            "x1": lambda: [run_cityscale(setup, 1, p) for p in args.precisions],
+            "x2": lambda: [run_cityscale(setup, 2, p) for p in args.precisions]}
     done: list[Run] = []
     for round_ in range(1, args.repeats + 1):  # rounds interleave the contenders, so load drifts hit all alike
         for name in args.only:

@@ -140,7 +140,9 @@ class DeepSpeedConfig:
     """ZeRO and precision; the rest of the DeepSpeed dict is derived from the other sections."""
 
     zero_stage: Literal[0, 1, 2, 3] = doc("ZeRO stage: 0 (plain data parallel), 1, 2 or 3", default=2)
-    precision: Literal["bf16", "fp32"] = doc("bf16 (fp32 master weights) or fp32", default="bf16")
+    precision: Literal["bf16", "amp_bf16", "fp32"] = doc(
+        "bf16 (bf16 weights, fp32 master weights in the optimizer: DeepSpeed's bf16 mode), amp_bf16 (fp32 "
+        "weights, bf16 compute under torch.autocast: open_clip_train's amp_bf16) or fp32", default="bf16")
     overrides: str = doc("expert JSON/YAML file merged last into the generated DeepSpeed dict (batch keys are "
                          "refused: set batch.* instead)", default="")
 

@@ -28,14 +28,15 @@ def setup(tmp_path_factory) -> Setup:
                  warmup=3, steps=15, threads=2)
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_trainer_command_passes_the_launcher_dry_run(setup, nproc, capsys, tmp_path):
-    argv = cityscale_command(setup, nproc, str(tmp_path / "run"))
+@pytest.mark.parametrize("nproc,precision", [(1, "amp_bf16"), (2, "bf16")])
+def test_trainer_command_passes_the_launcher_dry_run(setup, nproc, precision, capsys, tmp_path):
+    argv = cityscale_command(setup, nproc, str(tmp_path / "run"), precision)
     assert argv[1:4] == ["-m", "launcher.cli", "train"]
     assert cli.main(argv[3:] + ["--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out.split("# resolved config")[1].split("# deepspeed config")[0])
     assert resolved["model"]["name"] == MODEL and resolved["run"]["steps"] == 18
     assert resolved["batch"] == {"global_batch": 64, "micro_batch": 64 // nproc}  # same negatives per step
+    assert resolved["deepspeed"]["precision"] == precision
 
 
 def test_peer_command_parses_with_open_clip_train(setup):

@@ -69,12 +69,20 @@ def test_deepspeed_dict_maps_stage_precision_clip_and_schedule():
                                    "schedule.kind=constant", "schedule.warmup_steps=3"])
     ds = _ds(cfg, 2)
     assert ds["zero_optimization"] == {"stage": 3} and ds["bf16"] == {"enabled": False}
+    assert not ds["torch_autocast"]["enabled"]
     assert ds["gradient_clipping"] == 0.5
     assert ds["scheduler"]["type"] == "WarmupLR" and ds["scheduler"]["params"]["warmup_num_steps"] == 3
     assert ds["optimizer"]["params"]["lr"] == cfg.optim.lr and ds["optimizer"]["params"]["torch_adam"]
     assert ds["optimizer"]["params"]["fused"]  # torch's fused AdamW (CPU and GPU)
     cosine = _ds(load_train_config(TINY), 2)["scheduler"]
     assert cosine["type"] == "WarmupCosineLR" and cosine["params"]["total_num_steps"] == 40
+
+
+@pytest.mark.parametrize("precision,bf16,autocast", [("bf16", True, False), ("amp_bf16", False, True)])
+def test_bf16_modes_map_to_deepspeed_bf16_or_torch_autocast(precision, bf16, autocast):
+    ds = _ds(load_train_config(TINY, [f"deepspeed.precision={precision}"]), 2)
+    assert ds["bf16"] == {"enabled": bf16}
+    assert ds["torch_autocast"] == {"enabled": autocast, "dtype": "bfloat16"}
 
 
 def test_one_rank_runs_stage_zero_unless_the_override_tunes_zero():

@@ -17,6 +17,10 @@ single rank 13-20% of its step on CPU (docs/benchmarks.md, "Trainer throughput")
 partition bookkeeping. An override file that sets any `zero_optimization` key
 (offloading, say) keeps the configured stage.
 
+Precision: `bf16` is DeepSpeed's bf16 section (bf16 weights and gradients, fp32 master weights in its
+optimizer wrapper); `amp_bf16` its `torch_autocast` section (fp32 weights, the forward under torch.autocast,
+the optimizer unwrapped; at stage 0 `trainer/engine.py` clips the gradients).
+
 Optimizer and LR schedule are in the dict too, so DeepSpeed builds, steps and checkpoints them (exact
 resume of the schedule comes from its checkpoint): torch's own AdamW (`torch_adam`, no DeepSpeed op build
 needed) in its fused form, one kernel per step on CPU and GPU (on the project VM 9 ms instead of 55 ms for the
@@ -43,6 +47,7 @@ def deepspeed_config(*, batch: BatchConfig, optim: OptimConfig, schedule: Schedu
         "gradient_accumulation_steps": batch.accum_steps(world_size),
         "gradient_clipping": optim.grad_clip,
         "bf16": {"enabled": zero.precision == "bf16"},
+        "torch_autocast": {"enabled": zero.precision == "amp_bf16", "dtype": "bfloat16"},
         "zero_optimization": {"stage": zero_stage(zero, world_size, overrides or {})},
         "optimizer": {"type": "AdamW", "params": {
             "lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay,

@@ -5,6 +5,15 @@ feature-cache accumulation (`backward` also calls DeepSpeed's `step`, which upda
 accumulation boundary, see `trainer/ds_config.py`), the learning rate and grad norm for metrics, a full
 state dict for export (gathered under ZeRO-3), and save/load of DeepSpeed's own checkpoint files.
 
+Two jobs DeepSpeed does poorly at ZeRO stage 0 are done here instead (docs/benchmarks.md, "Trainer throughput"):
+- With fp32 weights (precision fp32 or amp_bf16) DeepSpeed clips gradients in `clip_fp32_gradients`, one
+  tensor at a time, and fails on a 0-dim parameter such as open_clip's logit scale ("output with shape []
+  doesn't match the broadcast shape [1]", DeepSpeed 0.19.7). The engine then gets gradient_clipping 0 and
+  `Engine` clips with torch's foreach `clip_grad_norm_` at the accumulation boundary, after the gradients were
+  reduced (stage 0 reduces them in `backward` at the boundary).
+- On one rank at stage 0 there is nothing to reduce, but DeepSpeed would still flatten every gradient, all-reduce it
+  over the one rank and copy it back (~5% of a step of the benchmark model): its backward all-reduce is off.
+
 Loading is restricted to `torch.load(weights_only=True)`: DeepSpeed's stock checkpoint engine unpickles with
 `weights_only=False`, so we swap in one that allowlists exactly the few DeepSpeed classes its files hold.
 """
@@ -55,9 +64,11 @@ def init_distributed(rank: int) -> None:
 class Engine:
     """A DeepSpeed engine seen as a feature-cache stepper (trainer/accum.py) plus checkpoint I/O."""
 
-    def __init__(self, ds: Any) -> None:
+    def __init__(self, ds: Any, clip: float | None = None) -> None:
         self.ds = ds
         self.dtype = torch.bfloat16 if ds.bfloat16_enabled() else torch.float32
+        self.clip = clip  # None: DeepSpeed clips; a max norm (0 = none): we do, see the module docstring
+        self._grad_norm: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.ds(images.to(self.ds.device, self.dtype), texts.to(self.ds.device))
@@ -65,6 +76,8 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         # our per-micro-batch losses are summed, not averaged: no 1/gas factor (trainer/ds_config.py)
         self.ds.backward(loss, scale_wrt_gas=False)
+        if self.clip is not None and self.ds.is_gradient_accumulation_boundary():
+            self._grad_norm = self._clip_gradients()
         self.ds.step()  # sync point at the accumulation boundary: gradient reduction across ranks, update
 
     @property
@@ -75,8 +88,16 @@ class Engine:
         return float(self.ds.get_lr()[0])
 
     def grad_norm(self) -> float | None:
-        norm = self.ds.get_global_grad_norm()
+        norm = self._grad_norm if self.clip is not None else self.ds.get_global_grad_norm()
         return None if norm is None else float(norm)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """The global gradient norm, and the gradients scaled to `clip` when above it (fp32 weights, stage 0)."""
+        params = [p for p in self.ds.module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if self.clip:
+            torch.nn.utils.clip_grads_with_norm_(params, self.clip, norm, foreach=True)
+        return norm
 
     def full_state_dict(self, keep: bool) -> dict[str, torch.Tensor]:
         """The whole model's weights where `keep` ({} elsewhere); gathered from the partitions under ZeRO-3.
@@ -100,11 +121,22 @@ class Engine:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {folder}/{tag}")
 
 
+def clips_fp32_at_stage0(config: dict[str, Any]) -> bool:
+    """Whether DeepSpeed would clip through its fp32 stage-0 path (`clip_fp32_gradients`): no ZeRO, no bf16/fp16."""
+    return (config["zero_optimization"]["stage"] == 0 and not config.get("bf16", {}).get("enabled")
+            and not config.get("fp16", {}).get("enabled"))
+
+
 def build_engine(module: torch.nn.Module, param_groups: list[dict], config: dict[str, Any]) -> Engine:
     """deepspeed.initialize with optimizer and scheduler from `config` (trainer/ds_config.py)."""
+    clip = float(config.get("gradient_clipping", 0.0)) if clips_fp32_at_stage0(config) else None
+    if clip is not None:
+        config = {**config, "gradient_clipping": 0.0}  # Engine clips instead (module docstring)
     ds, _, _, _ = deepspeed.initialize(model=module, model_parameters=param_groups, config=config)
     ds.checkpoint_engine = SafeLoadCheckpointEngine(ds._config)
-    return Engine(ds)
+    if deepspeed.comm.get_world_size() == 1 and config["zero_optimization"]["stage"] == 0:
+        ds.enable_backward_allreduce = False  # one rank: no gradient all-reduce (module docstring)
+    return Engine(ds, clip)
 
 
-__all__ = ["Engine", "build_engine", "init_distributed", "SafeLoadCheckpointEngine", "SAFE_GLOBALS"]
+__all__ = ["Engine", "build_engine", "clips_fp32_at_stage0", "init_distributed", "SafeLoadCheckpointEngine", "SAFE_GLOBALS"]
