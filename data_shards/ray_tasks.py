@@ -2,12 +2,15 @@
 
 Plain Ray tasks rather than Ray Data (shared KNOWN_PITFALLS.md #6: Ray Data needs pyarrow for this, names files
 with uuids, caps no shard sizes and publishes nothing atomically). Each task reads its chunk's images itself
-through fsspec and writes its shard(s) to temporary names; results are small dicts. The driver keeps at most
-`ray.num_workers` tasks in flight, submitting the largest chunks first so the last wave stays short, and hands
-every result to a callback that publishes it (and may ask for a chunk to be run again). It prepares each
-chunk's pixel-independent sample bytes (writer.prepare) one chunk ahead, while the workers run, and puts them
-in Ray's object store right away, so a worker that finishes waits neither for the preparation nor for the
-~2 MB argument of a 500-tile chunk to be stored (~7 ms on the project VM).
+through fsspec and writes its shard(s) to temporary names; results are small dicts. The driver hands every
+result to a callback that publishes it (and may ask for a chunk to be run again).
+
+Workers never wait for the driver. A build reserves `ray.num_workers` CPUs in a placement group, so at most
+that many chunks run at once on any cluster, and keeps twice as many tasks submitted: the extra ones wait in
+Ray's queue with their arguments already stored, and a worker that finishes a chunk starts the next at once.
+With one task in flight per worker, each chunk left its worker idle for Ray's round trip through the driver
+(~35-45 ms on the project VM, ~9% of a 500-tile chunk; docs/benchmarks.md, "Shard builder"). Chunks are
+submitted largest first, so the last wave stays short.
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from configs.loader import ConfigError
 from configs.shards import RayConfig
 from data_shards.writer import ChunkJob, ChunkTask, prepare, run_chunk
 
@@ -49,24 +57,43 @@ def _chunk_task(task: ChunkTask) -> dict[str, Any]:  # Ray resolves a stored arg
     return run_chunk(task)
 
 
+RESERVE_TIMEOUT = 120.0  # seconds to wait for the cluster to grant the workers' CPUs
+QUEUED_PER_WORKER = 1  # tasks waiting in Ray's queue per worker, besides the running one
+
+
+@contextmanager
+def reserved_cpus(num_workers: int) -> Iterator[PlacementGroupSchedulingStrategy]:
+    """A placement group of `num_workers` one-CPU bundles for the build's tasks, removed afterwards."""
+    group = placement_group([{"CPU": 1}] * num_workers, strategy="SPREAD")
+    try:
+        ray.get(group.ready(), timeout=RESERVE_TIMEOUT)  # sync point: the cluster has granted the CPUs
+    except GetTimeoutError:
+        remove_placement_group(group)
+        total = int(ray.cluster_resources().get("CPU", 0))
+        raise ConfigError(f"config key 'ray.num_workers': the Ray cluster could not reserve {num_workers} CPUs "
+                          f"within {RESERVE_TIMEOUT:.0f} s (it has {total}): lower ray.num_workers") from None
+    try:
+        yield PlacementGroupSchedulingStrategy(group)
+    finally:
+        remove_placement_group(group)
+
+
 def run_jobs(jobs: list[ChunkJob], num_workers: int,
              on_result: Callable[[ChunkJob, dict[str, Any]], list[ChunkJob]]) -> None:
-    """Run every job (largest first, <= num_workers in flight); `on_result` returns jobs to run again."""
+    """Run every job (largest first) on `num_workers` reserved CPUs; `on_result` returns jobs to run again."""
     queue = deque(sorted(jobs, key=lambda j: (-len(j.tiles), j.split, j.index)))
     in_flight: dict[ray.ObjectRef, ChunkJob] = {}
-    ahead: tuple[ChunkJob, ray.ObjectRef] | None = None  # the next job, prepared and stored while workers run
-    while queue or in_flight:
-        while queue and len(in_flight) < num_workers:
-            job = queue.popleft()
-            task = ahead[1] if ahead is not None and ahead[0] is job else prepare(job)
-            in_flight[_chunk_task.remote(task)] = job
-        if queue and (ahead is None or ahead[0] is not queue[0]):
-            ahead = (queue[0], ray.put(prepare(queue[0])))
-        # sync point: block until at least one task has finished
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in done:
-            job = in_flight.pop(ref)
-            queue.extendleft(on_result(job, ray.get(ref)))
+    with reserved_cpus(num_workers) as strategy:
+        chunk_task = _chunk_task.options(scheduling_strategy=strategy)
+        while queue or in_flight:
+            while queue and len(in_flight) < num_workers * (1 + QUEUED_PER_WORKER):
+                job = queue.popleft()
+                in_flight[chunk_task.remote(ray.put(prepare(job)))] = job
+            # sync point: block until at least one task has finished
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                job = in_flight.pop(ref)
+                queue.extendleft(on_result(job, ray.get(ref)))
 
 
 __all__ = ["connect", "shutdown", "run_jobs"]

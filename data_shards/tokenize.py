@@ -29,17 +29,14 @@ class CaptionTokenizer:
     def __call__(self, caption: str) -> torch.Tensor:
         if not self.memoised:
             return self.tokenizer([caption])[0]
-        tok, length = self.tokenizer, self.tokenizer.context_length
+        tok, length, words = self.tokenizer, self.tokenizer.context_length, self._words
         ids = [tok.sot_token_id]
-        for match in tok.pat.finditer(tok.clean_fn(caption)):
-            word = match.group()
-            ids += self._words.get(word) or self._encode(word)
+        for word in tok.pat.findall(tok.clean_fn(caption)):  # the pattern has no groups: whole matches
+            ids += words.get(word) or self._encode(word)
             if len(ids) >= length:  # the rest would be cut: open_clip truncates to length with eot last
                 break
         ids = ids[:length - 1] + [tok.eot_token_id]
-        out = torch.zeros(length, dtype=torch.long)
-        out[:len(ids)] = torch.tensor(ids)
-        return out
+        return torch.tensor(ids + [0] * (length - len(ids)), dtype=torch.long)
 
     def _encode(self, word: str) -> list[int]:
         """open_clip's SimpleTokenizer.encode for one word of the cleaned text."""

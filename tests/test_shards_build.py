@@ -21,10 +21,11 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_shards import build, geo
+from data_shards import build, geo, ray_tasks
 from data_shards.format import caption_text, city_slug
 from data_shards.splits import assign_split, block_of
 from data_shards.synth import synthesize
+from configs.loader import run_module
 from configs.shards import SplitConfig
 from tests.shards_layout import CITY, make_toolkit, manifest_rows, noise_jpeg, write_manifest
 
@@ -171,6 +172,21 @@ def test_zero_usable_samples_exit_1_with_a_report(tmp_path, ray_local, capsys):
     assert len(err) == 1 and "no usable sample" in err[0]
     assert read_json(f"{out}/report.json")["skipped"]["corrupt_image"] == len(exp.samples) + 2
     assert not (out / "manifest.json").exists()
+
+
+
+def test_more_workers_than_the_cluster_has_cpus_is_one_line_and_exit_2(tmp_path, ray_local, capsys, monkeypatch):
+    """The build reserves ray.num_workers CPUs before any task runs; a cluster without them is a config error."""
+    monkeypatch.setattr(ray_tasks, "RESERVE_TIMEOUT", 2.0)
+    paths, _ = make_toolkit(tmp_path / "src", width=3, height=3)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:  # ray_local has 2 CPUs
+        run_module(lambda: build.main(toolkit_args(paths, str(out), "--set", "ray.num_workers=3")), "build")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'ray.num_workers'" in err[0] and "lower ray.num_workers" in err[0]
+    assert not list(out.glob("*.tar"))
+    assert build.main(toolkit_args(paths, str(out))) == 0  # the reservation was released: 2 workers fit
 
 
 # ----------------------------------------------------------------------------- manifest source, S3
