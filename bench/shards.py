@@ -11,7 +11,9 @@ The synthetic city is drawn once into --data (kept between runs). Ray starts onc
 time from the first task submitted to the last shard published: what the workers deliver) and the whole
 build (adding the driver's reading and planning of the source tables, which runs before any task, plus report
 and manifest). Rounds alternate (loop, 1 worker, 2 workers) and each figure is the best of --repeats rounds,
-since other processes on a shared machine only ever slow a run down. The CPU-time view divides tiles by CPU
+since other processes on a shared machine only ever slow a run down; the per-round line gives instead the
+median over rounds of the ratios within one round (1 worker / loop, 2 workers / 1 worker), which holds up
+when the machine's own speed drifts from one minute to the next. The CPU-time view divides tiles by CPU
 seconds: of the loop, of the builder's tasks (report.json task_cpu_seconds) and of the driver process over the
 whole build (reading, planning, preparing the samples' metadata bytes, publishing; Ray's driver threads too).
 
@@ -149,6 +151,8 @@ def main() -> None:
         rounds = [(limit_loop(images, args.size, 90), builder(paths, out / "w1", 1, args.size, args.chunk),
                    builder(paths, out / "w2", 2, args.size, args.chunk)) for _ in range(args.repeats)]
         (limit, limit_cpu), one, two = (best(list(runs)) for runs in zip(*rounds))
+        per_round = {"one": statistics.median(w1[1] / loop[0] for loop, w1, _ in rounds),
+                     "two": statistics.median(w2[1] / w1[1] for _, w1, w2 in rounds)}
         paired = paired_cpu(paths, out / "paired", args.size, args.chunk, args.pairs)
     finally:
         ray.shutdown()
@@ -159,6 +163,8 @@ def main() -> None:
         print(f"shard builder, {label:11s} 1 worker: {w1:8.1f} tiles/s  ({w1 / limit:.2f}x limit; goal >= 0.9)")
         print(f"shard builder, {label:11s} 2 workers:{w2:8.1f} tiles/s  ({w2 / 2 / limit:.2f}x limit per worker; "
               f"{w2 / w1:.2f}x one worker; goal >= 1.8)")
+    print(f"per round (median over {len(rounds)} rounds of ratios within a round, robust to drift): task phase 1 "
+          f"worker {per_round['one']:.2f}x the loop of its round; 2 workers {per_round['two']:.2f}x 1 worker")
     print(f"CPU-time view (robust to other load): loop {limit_cpu:.1f} tiles per CPU s; builder tasks "
           f"{one[2]:.1f} (1 worker, {one[2] / limit_cpu:.2f}x), {two[2]:.1f} (2 workers, {two[2] / limit_cpu:.2f}x)")
     print(f"driver CPU over the whole build: {1e6 / one[3]:.0f} us per tile (1 worker), {1e6 / two[3]:.0f} "

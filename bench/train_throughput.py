@@ -26,11 +26,13 @@ OMP_NUM_THREADS = MKL_NUM_THREADS = --threads (default: the cores, 2 here); with
 Loader worker processes: 1 per process (torch runs them on one thread).
 
 Figures. Each contender's wall seconds per optimizer step (end to end: data wait included) are collected, the
-first --warmup steps of each run dropped. Rounds interleave the contenders (--repeats). Two statistics: the
+first --warmup steps of each run dropped. Rounds interleave the contenders (--repeats). Three statistics: the
 mean rate of the contender's best round, and the quiet-step rate (batch over the first-quartile step time of
-all rounds; see bench.common.quiet_rate), which is much less sensitive to other processes on a shared machine.
-Ratios are against the faster ceiling variant and against open_clip_train, per statistic. The load average at
-the start of each contender is printed with it.
+all rounds; see bench.common.quiet_rate), which is much less sensitive to other processes on a shared machine,
+each with ratios against the faster ceiling variant and against open_clip_train; and the per-round ratio: the
+median over rounds of the contender's rate over the ceiling's (open_clip_train's) in the same round, which
+holds up best when the machine's speed drifts from one minute to the next (the project VM's does, by up to
++-20%). The load average at the start of each contender is printed with it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import sys
 from dataclasses import dataclass, replace
 
@@ -90,6 +93,7 @@ class Run:
     step_seconds: tuple[float, ...]
     note: str
     load: float = 0.0  # 1-minute load average when the contender started
+    round: int = 0     # which interleaved round it ran in
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class Figure:
     quiet: float  # samples/s of a first-quartile step over all rounds (what it does when not preempted)
     note: str
     load: float   # load at the start of the best round
+    vs_ceiling: float = 0.0  # median over rounds of (rate / the faster ceiling's rate in the same round)
+    vs_peer: float = 0.0     # median over rounds of (rate / open_clip_train's rate in the same round)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -277,13 +283,26 @@ def run_cityscale(setup: Setup, nproc: int, precision: str) -> Run:
 
 def summarize(runs: list[Run], batch: int, warmup: int) -> list[Figure]:
     """One figure per contender, in order of first appearance (warm-up steps of every round dropped)."""
+    def round_rate(r: Run) -> float:
+        return rate(r.step_seconds[warmup:], batch)
+
+    ceilings = {}  # round -> the faster ceiling variant's rate
+    for r in runs:
+        if r.name.startswith("ceiling"):
+            ceilings[r.round] = max(ceilings.get(r.round, 0.0), round_rate(r))
+    peers = {r.round: round_rate(r) for r in runs if r.name.startswith("open_clip_train")}
+
+    def paired(mine: list[Run], against: dict[int, float]) -> float:
+        ratios = [round_rate(r) / against[r.round] for r in mine if r.round in against]
+        return statistics.median(ratios) if ratios else 0.0
+
     figures = []
     for name in dict.fromkeys(r.name for r in runs):
         mine = [r for r in runs if r.name == name]
-        best = max(mine, key=lambda r: rate(r.step_seconds[warmup:], batch))
+        best = max(mine, key=round_rate)
         pooled = [t for r in mine for t in r.step_seconds[warmup:]]
-        figures.append(Figure(name=name, mean=rate(best.step_seconds[warmup:], batch),
-                              quiet=quiet_rate(pooled, batch), note=best.note, load=best.load))
+        figures.append(Figure(name=name, mean=round_rate(best), quiet=quiet_rate(pooled, batch), note=best.note,
+                              load=best.load, vs_ceiling=paired(mine, ceilings), vs_peer=paired(mine, peers)))
     return figures
 
 
@@ -298,10 +317,11 @@ def table(figures: list[Figure]) -> str:
         return " | ".join(against)
 
     lines = ["| contender | samples/s | x ceiling | x open_clip_train | quiet-step samples/s | x ceiling | "
-             "x open_clip_train | load at start | setup |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "x open_clip_train | per-round x ceiling | per-round x open_clip_train | load at start | setup |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for f in figures:
         lines.append(f"| {f.name} | {f.mean:.1f} | {ratios(f.mean, 'mean')} | {f.quiet:.1f} | "
-                     f"{ratios(f.quiet, 'quiet')} | {f.load:.2f} | {f.note} |")
+                     f"{ratios(f.quiet, 'quiet')} | {f.vs_ceiling:.2f} | {f.vs_peer:.2f} | {f.load:.2f} | {f.note} |")
     return "\n".join(lines)
 
 
@@ -357,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: round {round_}/{args.repeats}, running {name} ({machine_load()}) ...", flush=True)
             load = os.getloadavg()[0]
             for r in runs[name]():
-                done.append(replace(r, load=load))
+                done.append(replace(r, load=load, round=round_))
                 print(f"bench:   {r.name}: {rate(r.step_seconds[setup.warmup:], setup.batch):.1f} samples/s",
                       flush=True)
     print(f"\nmodel {os.path.basename(setup.model_json)}, global batch {setup.batch}, bf16, "
@@ -365,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
           f"shards {shards}\n")
     print(table(summarize(done, setup.batch, setup.warmup)))
     print(f"\nsamples/s: mean over the measured steps of the contender's best round. quiet-step samples/s: batch "
-          f"over the first-quartile step time of all rounds. bench: end, {machine_load()}")
+          f"over the first-quartile step time of all rounds. per-round: median over rounds of the contender's rate "
+          f"over the faster ceiling's (open_clip_train's) in the same round. bench: end, {machine_load()}")
     return 0
 
 

@@ -137,7 +137,8 @@ class RayConfig:
 
     address: str = doc("Ray cluster to join (e.g. auto, ray://HEAD:10001, 127.0.0.1:6379); empty: start a "
                        "local Ray instance", default="")
-    num_workers: int = doc("Ray tasks in flight at once (and CPUs of the local instance)", default=2)
+    num_workers: int = doc("Ray tasks running at once: CPUs the build reserves (a placement group) and the CPUs of "
+                           "the local instance", default=2)
 
     def validate(self, path: str) -> None:
         if self.num_workers < 1:

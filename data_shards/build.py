@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -53,17 +54,16 @@ def run(cfg: ShardsConfig) -> dict[str, Any]:
     if not tiles or any(job.reuse is None for job in jobs):
         remove(out, [MANIFEST_NAME])  # the folder is no complete build until the new manifest lands
     phases = {"read_and_plan": time.perf_counter() - start}
-    started = bool(jobs) and ray_tasks.connect(cfg.ray)
-    phases["ray_start"] = time.perf_counter() - start - sum(phases.values())
-    publisher = _Publisher(out, Tally(skipped=Counter(scan.skipped)), total=len(tiles), progress=cfg.report.progress)
-    try:
-        if jobs:
-            ray_tasks.run_jobs(jobs, cfg.ray.num_workers, publisher.accept)
-        phases["tasks"] = time.perf_counter() - start - sum(phases.values())
-    finally:
-        publisher.close()
-        if started:
-            ray_tasks.shutdown()
+    with ray_tasks.session(cfg.ray) if jobs else nullcontext() as run_jobs:  # no job: no Ray at all
+        phases["ray_start"] = time.perf_counter() - start - sum(phases.values())
+        publisher = _Publisher(out, Tally(skipped=Counter(scan.skipped)), total=len(tiles),
+                               progress=cfg.report.progress)
+        try:
+            if jobs:
+                run_jobs(jobs, publisher.accept)
+            phases["tasks"] = time.perf_counter() - start - sum(phases.values())
+        finally:
+            publisher.close()
     report = build_report(publisher.tally, find_spikes(scan.values, cfg.report), scan.rows, phases)
     write_json_atomic(join(out, REPORT_NAME), report)
     if report["samples_written"] == 0:

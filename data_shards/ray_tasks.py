@@ -20,6 +20,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import ray
@@ -31,10 +32,14 @@ from configs.loader import ConfigError
 from configs.shards import RayConfig
 from data_shards.writer import ChunkJob, ChunkTask, prepare, run_chunk
 
+OnResult = Callable[[ChunkJob, dict[str, Any]], list[ChunkJob]]  # a finished job -> the jobs to run again
+RESERVE_TIMEOUT = 120.0  # seconds to wait for the cluster to grant the workers' CPUs
+QUEUED_PER_WORKER = 1  # tasks waiting in Ray's queue per worker, besides the running one
+
 
 def connect(cfg: RayConfig) -> bool:
     """Join `cfg.address` (or $RAY_ADDRESS, which `ray job submit` sets for its entrypoint), else start a local
-    Ray with `num_workers` CPUs. True when this call connected (the caller then calls shutdown). An already
+    Ray with `num_workers` CPUs. True when this call connected (`session` then shuts it down). An already
     initialised Ray (tests, notebooks) is used as it is."""
     if ray.is_initialized():
         return False
@@ -48,17 +53,22 @@ def connect(cfg: RayConfig) -> bool:
     return True
 
 
-def shutdown() -> None:
-    ray.shutdown()
+@contextmanager
+def session(cfg: RayConfig) -> Iterator[Callable[[list[ChunkJob], OnResult], None]]:
+    """Ray joined or started (and shut down at the end if started here) with `cfg.num_workers` CPUs reserved;
+    yields `run_jobs` bound to them."""
+    started = connect(cfg)
+    try:
+        with reserved_cpus(cfg.num_workers) as strategy:
+            yield partial(run_jobs, num_workers=cfg.num_workers, strategy=strategy)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @ray.remote(num_cpus=1)
 def _chunk_task(task: ChunkTask) -> dict[str, Any]:  # Ray resolves a stored argument before the call
     return run_chunk(task)
-
-
-RESERVE_TIMEOUT = 120.0  # seconds to wait for the cluster to grant the workers' CPUs
-QUEUED_PER_WORKER = 1  # tasks waiting in Ray's queue per worker, besides the running one
 
 
 @contextmanager
@@ -78,22 +88,21 @@ def reserved_cpus(num_workers: int) -> Iterator[PlacementGroupSchedulingStrategy
         remove_placement_group(group)
 
 
-def run_jobs(jobs: list[ChunkJob], num_workers: int,
-             on_result: Callable[[ChunkJob, dict[str, Any]], list[ChunkJob]]) -> None:
-    """Run every job (largest first) on `num_workers` reserved CPUs; `on_result` returns jobs to run again."""
+def run_jobs(jobs: list[ChunkJob], on_result: OnResult, *, num_workers: int,
+             strategy: PlacementGroupSchedulingStrategy) -> None:
+    """Run every job (largest first) on the reserved CPUs; `on_result` returns jobs to run again."""
     queue = deque(sorted(jobs, key=lambda j: (-len(j.tiles), j.split, j.index)))
     in_flight: dict[ray.ObjectRef, ChunkJob] = {}
-    with reserved_cpus(num_workers) as strategy:
-        chunk_task = _chunk_task.options(scheduling_strategy=strategy)
-        while queue or in_flight:
-            while queue and len(in_flight) < num_workers * (1 + QUEUED_PER_WORKER):
-                job = queue.popleft()
-                in_flight[chunk_task.remote(ray.put(prepare(job)))] = job
-            # sync point: block until at least one task has finished
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in done:
-                job = in_flight.pop(ref)
-                queue.extendleft(on_result(job, ray.get(ref)))
+    chunk_task = _chunk_task.options(scheduling_strategy=strategy)
+    while queue or in_flight:
+        while queue and len(in_flight) < num_workers * (1 + QUEUED_PER_WORKER):
+            job = queue.popleft()
+            in_flight[chunk_task.remote(ray.put(prepare(job)))] = job
+        # sync point: block until at least one task has finished
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        for ref in done:
+            job = in_flight.pop(ref)
+            queue.extendleft(on_result(job, ray.get(ref)))
 
 
-__all__ = ["connect", "shutdown", "run_jobs"]
+__all__ = ["connect", "session", "reserved_cpus", "run_jobs"]

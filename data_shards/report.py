@@ -71,8 +71,9 @@ class Tally:
 
 
 def build_report(tally: Tally, spikes: list[dict[str, Any]], rows: int, phases: dict[str, float]) -> dict[str, Any]:
-    """report.json; `phases` holds the seconds of read_and_plan, ray_start and tasks (tasks includes
-    publication; what follows, writing report and manifest, is a few small files)."""
+    """report.json; `phases` holds the seconds of read_and_plan, ray_start (joining or starting Ray and reserving
+    the workers' CPUs) and tasks (includes publication; what follows, writing report and manifest, is a few
+    small files)."""
     seconds = sum(phases.values())
     per_split = {s: {"samples": 0, "shards": 0, "bytes": 0} for s in SPLITS}
     for shard in tally.shards:

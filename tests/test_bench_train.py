@@ -11,8 +11,8 @@ import yaml
 from open_clip_train.params import parse_args as peer_parse_args
 
 from bench.common import quiet_rate, rate
-from bench.train_throughput import (MODEL, Setup, cityscale_command, jsonl_step_seconds, peer_command,
-                                    peer_step_seconds)
+from bench.train_throughput import (MODEL, Run, Setup, cityscale_command, jsonl_step_seconds, peer_command,
+                                    peer_step_seconds, summarize, table)
 from launcher import cli
 from tests.shard_fixtures import into_shards, make_samples, write_shard_folder
 
@@ -58,3 +58,17 @@ def test_log_parsers_give_step_seconds():
 def test_rates():
     assert rate([1.0, 3.0], 64) == pytest.approx(32.0)
     assert quiet_rate([1.0, 1.0, 1.0, 1.0, 9.0], 64) == pytest.approx(64.0)  # a preempted step does not count
+
+
+def test_per_round_ratios_pair_each_contender_with_the_same_round():
+    """A machine twice as fast in round 1 moves every rate but not the per-round ratios."""
+    def run(name: str, seconds: float, round_: int) -> Run:
+        return Run(name, (seconds,) * 4, "", round=round_)
+    runs = []
+    for round_, speed in ((0, 1.0), (1, 2.0), (2, 1.0)):
+        runs += [run("ceiling (autocast)", 1.0 / speed, round_), run("ceiling (bf16-master)", 1.1 / speed, round_),
+                 run("open_clip_train 3.3", 1.25 / speed, round_), run("x1", 1.0 / (0.9 * speed), round_)]
+    figures = {f.name: f for f in summarize(runs, batch=64, warmup=1)}
+    assert figures["x1"].vs_ceiling == pytest.approx(0.9) and figures["x1"].vs_peer == pytest.approx(1.125)
+    assert figures["x1"].mean == pytest.approx(64 * 0.9 * 2.0)  # best round
+    assert "| 0.90 | 1.12 |" in table(list(figures.values()))
