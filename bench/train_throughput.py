@@ -276,7 +276,8 @@ def run_cityscale(setup: Setup, nproc: int, precision: str) -> Run:
     extra = "".join(f", {s}" for s in setup.trainer_sets)
     stage = "ZeRO-2" if nproc > 1 else "stage 0 on one rank"
     return Run(f"cityscale train x{nproc} {precision}", tuple(times), f"{nproc} rank(s) x micro "
-               f"{setup.batch // nproc}, {BASE_CONFIG} ({stage}){extra}, 1 loader worker/rank, {threads} thread(s)/rank")
+               f"{setup.batch // nproc}, {BASE_CONFIG} ({stage}){extra}, 1 loader worker/rank, "
+               f"{threads} thread(s)/rank")
 
 
 # ----------------------------------------------------------------------------- report

@@ -139,4 +139,5 @@ def build_engine(module: torch.nn.Module, param_groups: list[dict], config: dict
     return Engine(ds, clip)
 
 
-__all__ = ["Engine", "build_engine", "clips_fp32_at_stage0", "init_distributed", "SafeLoadCheckpointEngine", "SAFE_GLOBALS"]
+__all__ = ["Engine", "build_engine", "clips_fp32_at_stage0", "init_distributed", "SafeLoadCheckpointEngine",
+           "SAFE_GLOBALS"]
