@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from open_clip.loss import ClipLoss
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, for `bench.*`
 
 from bench.common import REPO  # noqa: E402
-from bench.train_throughput import BASE_CONFIG, MODEL, _decay_groups  # noqa: E402
+from bench.train_throughput import BASE_CONFIG, MODEL, _decay_groups, _free_port  # noqa: E402
 from configs.train import load_train_config  # noqa: E402
 from data_shards.reader import read_manifest  # noqa: E402
 from trainer import engine, model  # noqa: E402
@@ -42,12 +41,6 @@ from trainer.ds_config import deepspeed_config  # noqa: E402
 from trainer.loss import build_loss  # noqa: E402
 
 BATCH = 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bare_stepper(cfg):
