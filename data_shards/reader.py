@@ -288,8 +288,10 @@ def _decode_sample(sample: dict, plan: _Plan) -> tuple | str:
     if not caption:
         return "empty_txt"
     try:
-        with PIL.Image.open(io.BytesIO(sample["jpg"])) as im:
-            image = im.convert("RGB")
+        image = PIL.Image.open(io.BytesIO(sample["jpg"]))  # in memory: nothing to close
+        image.load()  # the full decode: truncated files fail here
+        if image.mode != "RGB":  # converting an RGB image would only copy it
+            image = image.convert("RGB")
     except (OSError, ValueError, PIL.Image.DecompressionBombError):
         return "bad_jpg"
     tokens = plan.tokenize(_caption(caption, meta, sample["__key__"], plan))
