@@ -16,8 +16,9 @@ world_size)` batches, so collectives never wait for a rank that ran dry. Batch i
 i % workers (the DataLoader takes workers round robin), so each worker knows how many batches it owes and stops
 there: the job of webdataset's `with_epoch`, done per worker by our batch stage, which also lets the resume skip
 sit inside the pipeline. A worker whose shards hold fewer samples than that keeps going with another pass over
-the shard list (reshuffled, split the same way; the shuffle buffer drains at the end of each pass); a shard list shorter than ranks x workers is repeated within a pass so every worker gets one. If
-every sample count divides evenly, the first pass is exactly one epoch: each sample once across all ranks; else
+the shard list (reshuffled, split the same way; the shuffle buffer drains at the end of each pass); a shard
+list shorter than ranks x workers is repeated within a pass so every worker gets one. If every sample count
+divides evenly, the first pass is exactly one epoch: each sample once across all ranks; else
 a few samples are seen twice and a few not at all in that epoch (the open_clip trade-off, without its hangs).
 Resampled mode draws shards with replacement (webdataset's ResampledShards, deterministic seeds) instead.
 
@@ -432,7 +433,8 @@ class ShardLoader:
                      epoch=self._epoch, seed=self.cfg.seed, train=self.train,
                      resampled=self.train and self.cfg.resampled, shuffle_buffer=self.cfg.shuffle_buffer,
                      batch_size=self.batch_size, offset=done, skip=tuple(self._consumed), remaining=remaining,
-                     with_meta=self.with_meta, caption=self.cfg.caption, image_transform=self._transform, tokenize=self._tokenize)
+                     with_meta=self.with_meta, caption=self.cfg.caption, image_transform=self._transform,
+                     tokenize=self._tokenize)
         stats = _Stats()
         return wds.DataPipeline(partial(_worker_samples, plan, stats), partial(_skip_consumed, plan=plan, stats=stats),
                                 partial(_decode, plan=plan, stats=stats), partial(_batches, plan=plan, stats=stats))
