@@ -15,6 +15,14 @@ something. No loader runs: what is left is the step itself.
 
 Same model JSON (configs/models/cityscale-tiny-64.json), batch 64, AdamW settings and clipping as
 train_throughput.py; 4 real batches of the benchmark shards, decoded once and cycled.
+
+Each round also draws one batch from the trainer's loader in this process on one thread (as a DataLoader worker
+runs it) and records its CPU time L. On a machine whose cores all run compute threads, the loader takes them
+from the compute: torch splits each op evenly between its threads, so while the loader holds one core the
+other thread waits at the op's end, and each millisecond of loader CPU lengthens the step by about a
+millisecond (bench/train_throughput.py measured 12-16% lost to an L of ~11% of the step on the project VM).
+The line "loader bound" is therefore S / (S + L) for the bare step S: about the best fraction of the bare
+loop that a trainer with this loader can reach on such a machine, whatever its own step costs.
 """
 
 from __future__ import annotations
@@ -77,6 +85,17 @@ def trainer_stepper(cfg):
     return step
 
 
+def loader_cpu_seconds(stream) -> float:
+    """CPU seconds the loader spends on one batch, on one thread as in a DataLoader worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.process_time()
+    stream.next()
+    seconds = time.process_time() - start
+    torch.set_num_threads(threads)
+    return seconds
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=40, help="steps per contender (the first 3 are dropped)")
@@ -100,6 +119,7 @@ def main() -> int:
                           per_rank_batch=BATCH, rank=0, world_size=1)
     batches = [stream.next() for _ in range(4)]
     seconds: dict[str, list[float]] = {name: [] for name in steppers}
+    loader: list[float] = []
     for i in range(args.steps):  # turns: every contender steps once per round, the order rotating
         names = list(steppers)[i % len(steppers):] + list(steppers)[:i % len(steppers)]
         for name in names:
@@ -107,6 +127,7 @@ def main() -> int:
             start = time.perf_counter()
             steppers[name](batch.images, batch.texts)
             seconds[name].append(time.perf_counter() - start)
+        loader.append(loader_cpu_seconds(stream))
     bare = seconds["bare"][3:]
     print(f"model {MODEL}, batch {BATCH}, {args.threads} thread(s), {args.steps - 3} paired steps")
     print("| contender | median ms/step | median ratio to the bare step next to it | quartiles |")
@@ -116,6 +137,10 @@ def main() -> int:
         q = statistics.quantiles(ratios, n=4)
         print(f"| {name} | {statistics.median(times[3:]) * 1e3:.1f} | {statistics.median(ratios):.3f} | "
               f"{q[0]:.3f}-{q[2]:.3f} |")
+    bound = [b / (b + l) for b, l in zip(bare, loader[3:])]
+    print(f"loader: {statistics.median(loader[3:]) * 1e3:.1f} ms CPU per batch of {BATCH} on one thread "
+          f"({statistics.median(loader[3:]) / BATCH * 1e6:.0f} us per sample); loader bound S / (S + L) against "
+          f"the bare step of the same round: median {statistics.median(bound):.3f}")
     return 0
 
 
