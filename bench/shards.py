@@ -15,9 +15,10 @@ since other processes on a shared machine only ever slow a run down; the per-rou
 median over rounds of the ratios within one round (1 worker / loop, 2 workers / 1 worker), which holds up
 when the machine's own speed drifts from one minute to the next. Each round also runs two plain loops at once
 (spawned processes, each over half the tiles, started together): what the machine's cores give perfectly
-independent work, which bounds the 2-worker scaling from above (on the project VM ~1.87x, not 2x). The
-CPU-time view divides tiles by CPU seconds: of the loop, of the builder's tasks (report.json task_cpu_seconds) and of the driver process over the
-whole build (reading, planning, preparing the samples' metadata bytes, publishing; Ray's driver threads too).
+independent work, which bounds the 2-worker scaling from above (on the project VM 1.5-2.0x, depending on the
+minute). The CPU-time view divides tiles by CPU seconds: of the loop, of the builder's tasks (report.json
+task_cpu_seconds) and of the driver process over the whole build (reading, planning, preparing the samples'
+metadata bytes, publishing; Ray's driver threads too).
 
 On a loaded machine even CPU times drift between rounds (other processes evict the caches), so the last
 figure pairs them: in Ray tasks run one at a time, the plain loop over a chunk's images and the builder's
@@ -196,8 +197,8 @@ def main() -> None:
         print(f"shard builder, {label:11s} 2 workers:{w2:8.1f} tiles/s  ({w2 / 2 / limit:.2f}x limit per worker; "
               f"{w2 / w1:.2f}x one worker; goal >= 1.8)")
     print(f"per round (median over {len(rounds)} rounds of ratios within a round, robust to drift): task phase 1 "
-          f"worker {per_round['one']:.2f}x the loop of its round; 2 workers {per_round['two']:.2f}x 1 worker; two plain "
-          f"loops {per_round['loops']:.2f}x one loop")
+          f"worker {per_round['one']:.2f}x the loop of its round; 2 workers {per_round['two']:.2f}x 1 worker; "
+          f"two plain loops {per_round['loops']:.2f}x one loop")
     print(f"CPU-time view (robust to other load): loop {limit_cpu:.1f} tiles per CPU s; builder tasks "
           f"{one[2]:.1f} (1 worker, {one[2] / limit_cpu:.2f}x), {two[2]:.1f} (2 workers, {two[2] / limit_cpu:.2f}x)")
     print(f"driver CPU over the whole build: {1e6 / one[3]:.0f} us per tile (1 worker), {1e6 / two[3]:.0f} "

@@ -8,7 +8,7 @@ The transform runs once per sample in the DataLoader workers, beside the trainin
 it is one class doing the least work per tile (docs/benchmarks.md, "Trainer throughput"): crop and resize in
 one Pillow call on uint8 pixels (Pillow's resampling is antialiased when it shrinks, as torchvision's
 `antialias=True` on PIL images is the same call), flips and the rotation as Pillow transposes of the small
-resized tile (exact pixel moves, ~4x cheaper than `torch.rot90` on the tensor), then the pixel bytes viewed as
+resized tile (exact pixel moves, cheaper than `torch.rot90` on the tensor), then the pixel bytes viewed as
 a tensor (what torchvision's `pil_to_tensor` returns, without its numpy round trip) and a fused normalisation.
 Its random numbers are one `torch.rand` draw per tile (torch's RNG, which the DataLoader seeds per worker)
 instead of torchvision's ~10 small tensor ops per crop; the crop follows torchvision's
