@@ -3,20 +3,24 @@
 The same `evaluate` runs inside the watcher (eval/worker.py) for every published checkpoint. Steps:
 
     fetch + load the exported model, and a random-init twin of the same architecture   (failure -> failed report)
-    embed train (capped) / val / test once: checkpoint towers, random-init towers, colour histograms
-    indicator probes per city x indicator x feature set; cross-city transfer when there are several cities
+    fetch + load the SimCLR twin when `baselines.simclr_checkpoint` names one          (failure -> a note)
+    embed train (capped) / val / test once: checkpoint towers, random-init towers, colour histograms, the SimCLR
+      twin's image tower; the caption baseline's sentence embeddings (cached on local disk between reports)
+    indicator probes per city x indicator x feature set; the margin of the image probe over the best baseline;
+      the image probe on a random re-split of the same rows (split gap); cross-city transfer (several cities)
     retrieval on test (checkpoint and random init), a few examples with thumbnails
     CoCa checkpoints: captions of test tiles (capped) with BLEU/ROUGE-L/CIDEr, a few examples (eval/captioning.py)
-    report.json (+ report.html and figures)
+    report.json (+ report.html and figures); its schema is eval/report_schema.py
 
 A checkpoint that cannot be loaded gives a report with status "failed" and the reason (exit code 1 here);
-shards without indicators skip the regression probes and say so in the report's notes.
+shards without indicators skip the regression probes and say so in the report's notes. The report records what
+the checkpoint was trained on when its run folder says (eval/provenance.py), so probing a checkpoint of city A
+on the shards of city B reads "trained on A, probed on B".
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from datetime import datetime, timezone
@@ -24,19 +28,23 @@ from datetime import datetime, timezone
 import numpy as np
 
 from configs.eval import EvalConfig, urbanclip_probe
-from configs.loader import load, run_module, to_dict
+from configs.loader import ConfigError, load, run_module, to_dict
 from data_shards.format import REPORT_NAME, caption_text
 from data_shards.reader import Manifest, read_manifest
 from data_shards.storage import join, url_to_fs
-from eval.baselines import ClipFeatures, ColorHistogram
+from eval.baselines import (ClipFeatures, ColorHistogram, caption_features, same_preprocessing, sentence_encoder,
+                            twin_checkpoint, twin_source)
 from eval.captioning import can_caption, caption_section, generate_captions
 from eval.checkpoints import (CheckpointError, CheckpointRef, LoadedModel, fetch, load_model, local_workdir,
                                ref_from_uri)
+from eval.comparisons import margins, split_gap
 from eval.embed import SplitData, embed_split
-from eval.probes import HEADLINE, URBANCLIP_SET, feature_sets, indicator_probes, transfer_probes
+from eval.memo import EvalMemo
+from eval.probes import feature_sets, indicator_probes, resplit_probes, transfer_probes
+from eval.provenance import data_fingerprint, provenance_note, training_data
 from eval.report import write_report
+from eval.report_schema import BASELINE_SETS, CAPTION_MINILM, HEADLINE, URBANCLIP_SET, Report
 from eval.retrieval import retrieval, top_matches
-from eval.text_encoder import SentenceEncoder
 
 PROTOCOL = ("probe fit on train-split tiles (capped), early stopping on val, metrics on test; log targets "
             "z-scored with train statistics")
@@ -48,21 +56,20 @@ def check_shards(manifest: Manifest) -> None:
         manifest.split_shards(split)
 
 
-def data_fingerprint(manifest: Manifest) -> str:
-    """sha256 over the source fingerprint and the shard checksums: same number = same bytes evaluated."""
-    parts = [str(manifest.raw.get("source_fingerprint", ""))] + sorted(
-        f"{s['name']}:{s.get('sha256', '')}" for s in manifest.shards)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+def check_baselines(cfg: EvalConfig) -> None:
+    """Fail fast (ConfigError) on a SimCLR twin that cannot be found, before any work."""
+    if cfg.baselines.simclr_checkpoint:
+        twin_checkpoint(cfg.baselines.simclr_checkpoint)
 
 
-def base_report(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig) -> dict:
+def base_report(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig) -> Report:
     return {"status": "running", "checkpoint": {"name": ref.name, "uri": ref.uri, "step": ref.step,
                                                  "published_at": ref.published_at},
             "data": {"uri": shards_uri}, "seeds": list(cfg.probe.seeds), "protocol": PROTOCOL,
             "config": to_dict(cfg), "notes": [], "timing": {}}
 
 
-def finish(report: dict, started: float, status: str, reason: str | None = None) -> dict:
+def finish(report: Report, started: float, status: str, reason: str | None = None) -> Report:
     now = time.time()
     report.update(status=status, finished_at=now,
                   finished_at_utc=datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
@@ -74,11 +81,35 @@ def finish(report: dict, started: float, status: str, reason: str | None = None)
     return report
 
 
-def _embed_all(manifest: Manifest, folder: str, model: LoadedModel, cfg: EvalConfig,
+def _load_twin(cfg: EvalConfig, model: LoadedModel, report: Report) -> LoadedModel | None:
+    """The SimCLR twin's model, or None with a note saying why there is none."""
+    uri = cfg.baselines.simclr_checkpoint
+    if not uri:
+        report["notes"].append("no SimCLR twin configured (baselines.simclr_checkpoint): the image-only "
+                               "self-supervised control is not among the baselines")
+        return None
+    try:
+        ref = twin_checkpoint(uri)
+        with local_workdir() as folder:
+            twin = load_model(fetch(ref, folder))
+    except (ConfigError, CheckpointError) as e:
+        report["notes"].append(f"SimCLR twin not probed: {e}")
+        return None
+    if not same_preprocessing(model, twin):
+        report["notes"].append(f"SimCLR twin {ref.uri} not probed: its image size or normalisation differs from "
+                               "the checkpoint's (train it with the same model config)")
+        return None
+    report["baselines"]["simclr"] = twin_source(ref)
+    return twin
+
+
+def _embed_all(manifest: Manifest, folder: str, model: LoadedModel, twin: LoadedModel | None, cfg: EvalConfig,
                progress: bool) -> dict[str, SplitData]:
     random = load_model(folder, weights=False, seed=cfg.seed)
     extractors = [ClipFeatures(model.module), ClipFeatures(random.module, prefix="random_"),
                   ColorHistogram(model.mean, model.std, cfg.color_bins)]
+    if twin is not None:
+        extractors.append(ClipFeatures(twin.module, prefix="simclr_", text=False))
     splits = {"train": embed_split(manifest, "train", extractors, model, cfg, max_rows=cfg.max_train_rows,
                                    progress=progress)}
     if any(s["split"] == "val" for s in manifest.shards):
@@ -88,13 +119,29 @@ def _embed_all(manifest: Manifest, folder: str, model: LoadedModel, cfg: EvalCon
     return splits
 
 
-def _text_features(splits: dict[str, SplitData], cfg: EvalConfig) -> str:
+def _sentence_features(splits: dict[str, SplitData], key: str, path: str, cfg: EvalConfig,
+                       memo: EvalMemo | None) -> str:
+    """features[key] of every split: a sentence encoder's mean embedding of each tile's captions; its name."""
+    encoder = sentence_encoder(path, cfg.baselines, memo)
+    for data in splits.values():
+        data.features[key] = caption_features(data.sentences, encoder)
+    return encoder.name
+
+
+def _caption_baseline(splits: dict[str, SplitData], cfg: EvalConfig, report: Report, memo: EvalMemo | None) -> None:
+    """The caption-only baseline's features (`caption_minilm`), when enabled."""
+    if not cfg.baselines.caption:
+        report["notes"].append("caption-only baseline off (baselines.caption=false)")
+        return
+    name = _sentence_features(splits, CAPTION_MINILM, cfg.baselines.caption_encoder, cfg, memo)
+    report["baselines"]["caption_encoder"] = name
+
+
+def _text_features(splits: dict[str, SplitData], cfg: EvalConfig, memo: EvalMemo | None = None) -> str:
     """Name of the feature used as 'text' in the probes: the tower's, or a sentence encoder's ('sentence')."""
     if not cfg.text_encoder:
         return "text"
-    encoder = SentenceEncoder(cfg.text_encoder)
-    for data in splits.values():
-        data.features["sentence"] = encoder.embed_groups([s or [""] for s in data.sentences])
+    _sentence_features(splits, "sentence", cfg.text_encoder, cfg, memo)
     return "sentence"
 
 
@@ -119,8 +166,23 @@ def spike_notes(shards_uri: str) -> list[str]:
             "it shows as a vertical stripe in the scatter plot)" for s in spikes]
 
 
-def _probe_section(report: dict, splits: dict[str, SplitData], manifest: Manifest, text_key: str,
-                   cfg: EvalConfig, progress: bool) -> None:
+def _split_gap(report: Report, splits: dict[str, SplitData], manifest: Manifest, sets: dict, cfg: EvalConfig,
+               memo: EvalMemo | None) -> None:
+    """report["split_gap"]: the image probe on a random re-split of the same rows against the spatial split."""
+    if not cfg.split_gap.enabled:
+        return
+    random = resplit_probes(splits["train"], splits.get("val"), splits["test"], manifest.indicators,
+                            sets[HEADLINE], cfg.probe, cfg.split_gap.seed, memo)
+    gaps: dict = {}
+    for city, by_indicator in random.items():
+        for name, (result, n_val) in by_indicator.items():
+            gap = split_gap(report["regression"][city][name][HEADLINE], result, n_val)
+            gaps.setdefault(city, {})[name] = gap or {"skipped": result.get("skipped", "spatial probe skipped")}
+    report["split_gap"] = {"features": HEADLINE, "seed": cfg.split_gap.seed, "gaps": gaps}
+
+
+def _probe_section(report: Report, splits: dict[str, SplitData], manifest: Manifest, text_key: str,
+                   cfg: EvalConfig, progress: bool, memo: EvalMemo | None) -> None:
     train, val, test = splits["train"], splits.get("val"), splits["test"]
     if not manifest.indicators:
         report["notes"].append("the shards hold no indicators: regression probes skipped")
@@ -128,21 +190,24 @@ def _probe_section(report: dict, splits: dict[str, SplitData], manifest: Manifes
     if val is None:
         report["notes"].append("no val split: early stopping on a share of the train tiles")
     report["notes"] += spike_notes(manifest.uri)
-    sets = feature_sets(text_key)
-    report["regression"] = indicator_probes(train, val, test, manifest.indicators, sets, cfg.probe, progress)
+    sets = feature_sets(text_key, test.features)
+    report["regression"] = indicator_probes(train, val, test, manifest.indicators, sets, cfg.probe, progress, memo)
     if cfg.urbanclip_probe:  # the paper's protocol beside ours, on the same embeddings and rows
         official = indicator_probes(train, val, test, manifest.indicators, {URBANCLIP_SET: sets[HEADLINE]},
-                                    urbanclip_probe(), progress)
+                                    urbanclip_probe(), progress, memo)
         for city, by_indicator in official.items():
             for name, results in by_indicator.items():
                 report["regression"][city][name].update(results)
     if not report["regression"]:
         report["notes"].append("no test tile has an indicator value: regression probes skipped")
+        return
+    report["baselines"].update(sets=[b for b in BASELINE_SETS if b in sets], margins=margins(report["regression"]))
+    _split_gap(report, splits, manifest, sets, cfg, memo)
     if len(set(test.cities)) > 1:
         report["transfer"] = transfer_probes(train, val, test, manifest.indicators, sets[HEADLINE], cfg.probe)
 
 
-def _caption_section(report: dict, manifest: Manifest, model: LoadedModel, test: SplitData, cfg: EvalConfig,
+def _caption_section(report: Report, manifest: Manifest, model: LoadedModel, test: SplitData, cfg: EvalConfig,
                      progress: bool) -> dict[int, np.ndarray]:
     """report["captioning"] for a CoCa checkpoint (nothing for others); returns the examples' thumbnails keyed
     by test row, the numbering of the retrieval examples' thumbnails."""
@@ -160,29 +225,44 @@ def _caption_section(report: dict, manifest: Manifest, model: LoadedModel, test:
     return thumbs
 
 
-def evaluate(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig, *,
-             progress: bool = True) -> tuple[dict, dict]:
-    """(report, test thumbnails) of one checkpoint; a checkpoint that cannot be loaded gives status 'failed'."""
+def _describe_data(report: Report, ref: CheckpointRef, manifest: Manifest) -> None:
+    """What is probed (fingerprint, indicators, cities), and what the checkpoint was trained on when known."""
+    fingerprint = data_fingerprint(manifest)
+    report["data"].update(fingerprint=fingerprint, indicators=manifest.indicators, cities=manifest.cities)
+    trained = training_data(ref.uri)
+    if trained is not None:
+        report["checkpoint"]["trained_on"] = trained
+    report["notes"].append(provenance_note(trained, manifest, fingerprint))
+
+
+def evaluate(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig, *, progress: bool = True,
+             memo: EvalMemo | None = None) -> tuple[Report, dict]:
+    """(report, test thumbnails) of one checkpoint; a checkpoint that cannot be loaded gives status 'failed'.
+    `memo` (a watcher's, kept between checkpoints) reuses baseline probe results and sentence encoders."""
     started = time.time()
     report = base_report(ref, shards_uri, cfg)
     manifest = read_manifest(shards_uri)
     check_shards(manifest)
-    report["data"].update(fingerprint=data_fingerprint(manifest), indicators=manifest.indicators,
-                          cities=manifest.cities)
+    _describe_data(report, ref, manifest)
+    report["baselines"] = {"sets": [], "margins": {}}
     try:
         with local_workdir() as folder:
-            fetch(ref, folder)
-            model = load_model(folder)
-            splits = _embed_all(manifest, folder, model, cfg, progress)
+            model = load_model(fetch(ref, folder))
+            twin = _load_twin(cfg, model, report)
+            splits = _embed_all(manifest, folder, model, twin, cfg, progress)
     except CheckpointError as e:
+        del report["baselines"]
         return finish(report, started, "failed", str(e)), {}
+    caption_start = time.time()
+    _caption_baseline(splits, cfg, report, memo)
+    report["timing"]["caption_features_seconds"] = time.time() - caption_start
     report["timing"]["embed_seconds"] = {k: d.seconds for k, d in splits.items()}
     report["data"].update(tiles={k: len(d) for k, d in splits.items()},
                           skipped={k: d.skipped for k, d in splits.items() if d.skipped})
-    text_key = _text_features(splits, cfg)
+    text_key = _text_features(splits, cfg, memo)
     report["text_features"] = cfg.text_encoder or "checkpoint text tower"
     probe_start = time.time()
-    _probe_section(report, splits, manifest, text_key, cfg, progress)
+    _probe_section(report, splits, manifest, text_key, cfg, progress, memo)
     report["timing"]["probe_seconds"] = time.time() - probe_start
     test, ks, chunk = splits["test"], cfg.retrieval.ks, cfg.retrieval.chunk
     report["retrieval"] = {"checkpoint": retrieval(test.features["image"], test.features["text"], ks, chunk),
@@ -207,6 +287,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load(EvalConfig, args.config, args.set)
+    check_baselines(cfg)
     ref = ref_from_uri(args.checkpoint)
     report, thumbs = evaluate(ref, args.shards, cfg, progress=not args.no_progress)
     write_report(args.out, report, thumbs)

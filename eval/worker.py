@@ -36,18 +36,22 @@ from eval.checkpoints import CheckpointRef, list_complete
 from eval.claims import Claims, Heartbeat, Lease, LeaseLost, claims_root
 from eval.metrics import EvalMetrics, log_uri
 from eval.report import EVAL_DIR, has_report, write_index, write_report
-from eval.run import base_report, check_shards, evaluate, finish
+from eval.memo import EvalMemo
+from eval.report_schema import HEADLINE, Report, is_ok, margin_rows, probe_rows
+from eval.run import base_report, check_baselines, check_shards, evaluate, finish
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _headline(report: dict) -> str:
-    if report["status"] != "ok":
+def _headline(report: Report) -> str:
+    if not is_ok(report):
         return f"failed: {report.get('reason')}"
-    r2 = [f"{c}/{i} R2 {s['image']['mlp']['r2']:.2f}" for c, by in report.get("regression", {}).items()
-          for i, s in by.items() if "mlp" in s.get("image", {})]
+    margin = {(c, i): m for c, i, m in margin_rows(report)}
+    r2 = [f"{r.city}/{r.indicator} R2 {r.result['mlp']['r2']:.2f}"
+          + (f" ({m['margin']:+.2f} vs {m['best']})" if (m := margin.get((r.city, r.indicator))) else "")
+          for r in probe_rows(report) if r.features == HEADLINE]
     return ", ".join(r2[:4]) or "no regression probes"
 
 
@@ -60,6 +64,7 @@ class Worker:
         self.worker_id, self.metrics, self.progress = worker_id, metrics, progress
         self.eval_root = join(self.run_uri, EVAL_DIR)
         self.claims = Claims(claims_root(self.run_uri), worker_id, cfg.lease_seconds)
+        self.memo = EvalMemo()  # baseline probe results and sentence encoders, reused from checkpoint to checkpoint
 
     def say(self, text: str) -> None:
         print(f"eval worker {self.worker_id}: {text}", file=sys.stderr, flush=True)
@@ -108,12 +113,12 @@ class Worker:
         self.say(f"{ref.name}: {_headline(report)} (lag {report.get('lag_seconds') or 0:.1f} s)")
         return 1
 
-    def _safe_evaluate(self, ref: CheckpointRef) -> tuple[dict, dict]:
+    def _safe_evaluate(self, ref: CheckpointRef) -> tuple[Report, dict]:
         """evaluate(), with any exception but a storage error turned into a failed report: the loop must survive
         bad input. Storage errors propagate to `run`, which logs them and polls again."""
         started = time.time()
         try:
-            return evaluate(ref, self.shards_uri, self.cfg.eval, progress=self.progress)
+            return evaluate(ref, self.shards_uri, self.cfg.eval, progress=self.progress, memo=self.memo)
         except OSError:  # storage trouble is not the checkpoint's fault: retried once the lease expires
             raise
         except Exception as e:  # noqa: BLE001 - reported, not raised: one bad checkpoint must not stop the worker
@@ -184,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load(WorkerConfig, args.config, args.set)
     check_shards(read_manifest(args.shards))  # fail fast (exit 2) before any work
+    check_baselines(cfg.eval)
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")
     if args.workers > 1:
