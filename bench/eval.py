@@ -18,8 +18,9 @@ throughput
 
 signal
 - `cityscale train` (configs/train/tiny-cpu.yaml, 2 CPU ranks) for `--train-steps` on the train split, then
-  `cityscale eval run` on its last checkpoint with the default probe (3 seeds): test R2 for population of the
-  image probe against the random-init and colour-histogram baselines.
+  `cityscale eval run` on its last checkpoint with the default probe (3 seeds): test R2 for population of every
+  feature set (the image probe and the baselines), the margin over the best baseline and the spatial-vs-random
+  split gap per indicator, and the report's timing.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from data_shards.reader import read_manifest  # noqa: E402
 from eval.baselines import ClipFeatures, ColorHistogram  # noqa: E402
 from eval.checkpoints import fetch, list_complete, load_model, local_workdir  # noqa: E402
 from eval.embed import embed_split  # noqa: E402
+from eval.report_schema import gap_rows, margin_rows, probe_rows, recall  # noqa: E402
 from trainer import model as trainer_model  # noqa: E402
 
 OUT = os.path.join(REPO, "bench_out", "eval")
@@ -143,12 +145,15 @@ def signal_run(shards: str, out: str, steps: int, overrides: list[str]) -> dict:
                os.path.join(out, "logs", "signal-eval.log"), env=thread_env(2), timeout=7200)
     with open(os.path.join(report_dir, "report.json")) as f:
         report = json.load(f)
-    city = next(iter(report["regression"]))
-    pop = report["regression"][city]["population"]
+    pop = [r for r in probe_rows(report) if r.indicator == "population"]
     return {"train_seconds": trained, "report": report_dir, "seeds": report["seeds"],
-            "population": {k: {"mlp_r2": v["mlp"]["r2"], "mlp_r2_std": v["mlp"]["r2_std"], "ridge_r2": v["ridge"]["r2"]}
-                           for k, v in pop.items()},
-            "retrieval_r@5": {e: report["retrieval"][e]["image_to_text"]["r@5"] for e in report["retrieval"]}}
+            "population": {r.features: {"mlp_r2": r.result["mlp"]["r2"], "mlp_r2_std": r.result["mlp"]["r2_std"],
+                                        "ridge_r2": r.result["ridge"]["r2"]} for r in pop if r.city == pop[0].city},
+            "margin_over_best_baseline": {f"{c}/{i}": {k: m[k] for k in ("best", "margin", "margin_std")}
+                                          for c, i, m in margin_rows(report)},
+            "split_gap": {f"{c}/{i}": {"gap": g["gap"], "gap_std": g["gap_std"]} for c, i, g in gap_rows(report)},
+            "timing": report["timing"],
+            "retrieval_r@5": {e: recall(report, e, "image_to_text", 5) for e in ("checkpoint", "random_init")}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 - scatter: predicted vs true log indicator on the test tiles, one panel per (city, indicator);
 - maps: true, predicted and residual values over the tile grid (x east, y north: Baidu tile indices grow
   northwards, so y points up), test tiles only, the rest of the grid left blank;
-- trend (index page): test R2 per indicator and retrieval R@k over training steps, baselines dashed.
+- trend (index page): test R2 per indicator and retrieval R@k over training steps, the best baseline dashed and
+  the random-init twin dotted.
 """
 
 from __future__ import annotations
@@ -77,15 +78,16 @@ def residual_map(title: str, x: list[int], y: list[int], true: list[float], pred
     return _png(fig)
 
 
-def trend(steps: list[int], series: dict[str, list[float]], baselines: dict[str, list[float]],
+def trend(steps: list[int], series: dict[str, list[float]], references: dict[str, dict[str, list[float]]],
           retrieval: dict[str, list[float]]) -> bytes:
-    """Left: test R2 by indicator over steps (random-init baseline dashed). Right: retrieval R@k over steps."""
+    """Left: test R2 by indicator over steps, each with its reference lines (indicator -> label -> values: the
+    best baseline dashed, the random-init twin dotted, in that order). Right: retrieval R@k over steps."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, values) in enumerate(series.items()):
         colour = f"C{i}"
         left.plot(steps, values, "o-", color=colour, label=name)
-        if name in baselines:
-            left.plot(steps, baselines[name], "--", color=colour, alpha=0.6, label=f"{name} (random init)")
+        for style, (label, ref) in zip(("--", ":"), references.get(name, {}).items()):
+            left.plot(steps, ref, style, color=colour, alpha=0.7, label=f"{name} ({label})")
     left.set(title="indicator probe: test R² (image MLP)", xlabel="training step", ylabel="R²")
     for name, values in retrieval.items():
         right.plot(steps, values, "o-", label=name)
@@ -93,7 +95,7 @@ def trend(steps: list[int], series: dict[str, list[float]], baselines: dict[str,
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
 

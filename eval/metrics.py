@@ -1,8 +1,10 @@
 """Eval figures for machines: Prometheus gauges and a JSONL log (the only eval module importing prometheus_client).
 
-Per report: test R2 by city, indicator, feature set and probe; retrieval R@k; the checkpoint step; the lag from
-the checkpoint's publication (its COMPLETE marker) to its report; eval duration; reports by status. Each worker
-serves its own registry on `metrics_port` (0 = no endpoint), so several workers in one host use port + i.
+Per report: test R2 by city, indicator, feature set and probe; the image probe's margin over the best baseline;
+retrieval R@k; the checkpoint step; the lag from the checkpoint's publication (its COMPLETE marker) to its
+report; eval duration; reports by status. Each worker serves its own registry on `metrics_port` (0 = no
+endpoint), so several workers in one host use port + i. What a report holds is read through the helpers of
+eval/report_schema.py.
 
 The JSONL log lives next to the reports, one file per worker (`RUN/eval/log/{worker}.jsonl`): one writer per
 file, so appending needs no coordination on S3 (where an append is a read and a rewrite of the object).
@@ -19,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from data_shards.storage import join, url_to_fs
+from eval.report_schema import Report, gap_rows, is_ok, margin_rows, probe_rows, recall_rows
 
 
 class JsonlLog:
@@ -45,32 +48,25 @@ class JsonlLog:
         return [json.loads(line) for line in self.fs.cat_file(self.path).decode().splitlines() if line.strip()]
 
 
-def r2_rows(report: dict) -> Iterator[tuple[str, str, str, str, float]]:
+def r2_rows(report: Report) -> Iterator[tuple[str, str, str, str, float]]:
     """(city, indicator, feature set, probe, test R2) of every probe that ran."""
-    for city, by_ind in report.get("regression", {}).items():
-        for ind, sets in by_ind.items():
-            for features, res in sets.items():
-                if "mlp" in res:
-                    yield city, ind, features, "mlp", res["mlp"]["r2"]
-                    yield city, ind, features, "ridge", res["ridge"]["r2"]
+    for row in probe_rows(report):
+        yield row.city, row.indicator, row.features, "mlp", row.result["mlp"]["r2"]
+        yield row.city, row.indicator, row.features, "ridge", row.result["ridge"]["r2"]
 
 
-def recall_rows(report: dict) -> Iterator[tuple[str, str, str, float]]:
-    """(encoder, direction, k, recall) of the retrieval probe."""
-    for encoder, dirs in report.get("retrieval", {}).items():
-        for direction, m in dirs.items():
-            yield from ((encoder, direction, k.removeprefix("r@"), v) for k, v in m.items() if k.startswith("r@"))
-
-
-def summary(report: dict) -> dict[str, Any]:
+def summary(report: Report) -> dict[str, Any]:
     """The report's headline numbers, flat: what the JSONL log carries."""
     ck = report["checkpoint"]
     out: dict[str, Any] = {"checkpoint": ck["name"], "step": ck.get("step"), "status": report["status"],
                            "lag_seconds": report.get("lag_seconds"),
                            "eval_seconds": report.get("timing", {}).get("total_seconds")}
-    if report["status"] != "ok":
+    if not is_ok(report):
         return out | {"reason": report.get("reason")}
     out["r2"] = {f"{c}/{i}/{f}": v for c, i, f, probe, v in r2_rows(report) if probe == "mlp"}
+    out["margin"] = {f"{c}/{i}": {"best": m["best"], "margin": m["margin"], "margin_std": m["margin_std"]}
+                     for c, i, m in margin_rows(report)}
+    out["split_gap"] = {f"{c}/{i}": g["gap"] for c, i, g in gap_rows(report)}
     out["retrieval"] = {f"{e}/{d}/r@{k}": v for e, d, k, v in recall_rows(report)}
     return out
 
@@ -89,6 +85,8 @@ class EvalMetrics:
         self.step = Gauge("cityscale_eval_checkpoint_step", "step of the last reported checkpoint", registry=reg)
         self.lag = Gauge("cityscale_eval_publish_to_report_seconds", "checkpoint publication to report", registry=reg)
         self.seconds = Gauge("cityscale_eval_seconds", "duration of the last evaluation", registry=reg)
+        self.margin = Gauge("cityscale_eval_margin_over_best_baseline", "test R2 of the image probe minus the "
+                            "best baseline's", ["city", "indicator", "best"], registry=reg)
         self.reports = Counter("cityscale_eval_reports", "reports written, by status", ["status"], registry=reg)
         self.server = start_http_server(port, addr=host, registry=reg)[0] if port else None
 
@@ -96,7 +94,7 @@ class EvalMetrics:
         """A JSONL line for something the worker did (claimed, lost a lease, ...)."""
         self.log.append({"time": time.time(), **record})
 
-    def report(self, report: dict) -> None:
+    def report(self, report: Report) -> None:
         """Export one finished report: gauges and a JSONL line."""
         s = summary(report)
         self.reports.labels(status=s["status"]).inc()
@@ -110,6 +108,8 @@ class EvalMetrics:
             self.r2.labels(city, ind, features, probe).set(value)
         for encoder, direction, k, value in recall_rows(report):
             self.recall.labels(encoder, direction, k).set(value)
+        for city, ind, m in margin_rows(report):
+            self.margin.labels(city, ind, m["best"]).set(m["margin"])
         self.event(event="report", **s)
 
     def close(self) -> None:

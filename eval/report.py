@@ -1,13 +1,15 @@
 """Writing what a person reads: RUN/eval/{checkpoint}/report.json + report.html (+ PNG figures), and
-RUN/eval/index.html across checkpoints. Sections of report.html follow report.json: indicator probes, transfer,
-retrieval with examples, and captioning (CoCa checkpoints only).
+RUN/eval/index.html across checkpoints. Sections of report.html follow report.json (schema:
+eval/report_schema.py): indicator probes, the margin over the best baseline, the spatial-vs-random split gap,
+transfer, retrieval with examples, and captioning (CoCa checkpoints only).
 
 report.json is written LAST and atomically (temporary name, then move): its presence means the checkpoint is
 reported, which is what a restarted worker checks to skip it. A failed evaluation also writes a report.json
 (status "failed" and the reason), so a broken checkpoint is reported once and then skipped.
 
 The index is rebuilt from every report.json under RUN/eval/ each time a worker writes a report, so it never
-depends on which worker wrote what.
+depends on which worker wrote what. It shows, per indicator, the image probe beside the best baseline (and the
+random-init twin); reports older than the baselines section show a dash there.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import numpy as np
 
 from data_shards.storage import join, url_to_fs, write_bytes_atomic
 from eval.figures import residual_map, scatter, thumbnail_png, trend
-from eval.probes import HEADLINE, URBANCLIP_SET
+from eval.report_schema import (FEATURE_SETS_ORDER, HEADLINE, RANDOM_INIT, Baselines, Report, SplitGap,
+                                best_baseline, indicators, is_ok, mean_r2, probe_rows, recall)
 
 EVAL_DIR = "eval"
 REPORT_JSON, REPORT_HTML, INDEX_HTML, TREND_PNG = "report.json", "report.html", "index.html", "trend.png"
-_SETS_ORDER = ("image", URBANCLIP_SET, "text", "image+text", "random_init", "color_hist")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}
@@ -60,20 +62,17 @@ def _fig(out: str, name: str, png: bytes) -> str:
     return name
 
 
-def _figures(out: str, report: dict) -> list[tuple[str, str]]:
+def _figures(out: str, report: Report) -> list[tuple[str, str]]:
     """Write the scatter and map PNGs; (caption, file name) pairs for the page."""
     panels, made = [], []
-    for city, by_ind in report.get("regression", {}).items():
-        for ind, sets in by_ind.items():
-            res = sets.get(HEADLINE, {})
-            if "predictions" not in res:
-                continue
-            p = res["predictions"]
-            panels.append({"title": f"{city} / {ind}", "true": p["true_log"], "pred": p["mlp_log"],
-                           "r2": res["mlp"]["r2"]})
-            made.append((f"{city} / {ind}: test tiles on the grid (image MLP probe)",
-                         _fig(out, f"map_{city}_{ind}.png".replace(" ", "_"),
-                              residual_map(f"{city} / {ind}", p["x"], p["y"], p["true_log"], p["mlp_log"]))))
+    for row in probe_rows(report):
+        if row.features != HEADLINE or "predictions" not in row.result:
+            continue
+        p, title = row.result["predictions"], f"{row.city} / {row.indicator}"
+        panels.append({"title": title, "true": p["true_log"], "pred": p["mlp_log"], "r2": row.result["mlp"]["r2"]})
+        made.append((f"{title}: test tiles on the grid (image MLP probe)",
+                     _fig(out, f"map_{row.city}_{row.indicator}.png".replace(" ", "_"),
+                          residual_map(title, p["x"], p["y"], p["true_log"], p["mlp_log"]))))
     if panels:
         made.insert(0, ("predicted vs true on the test split (image MLP probe, mean over seeds)",
                         _fig(out, "scatter.png", scatter(panels))))
@@ -96,7 +95,7 @@ def _probe_cell(r: dict) -> str:
 
 
 def _regression_table(regression: dict) -> str:
-    sets = [s for s in _SETS_ORDER if any(s in r for c in regression.values() for r in c.values())]
+    sets = [s for s in FEATURE_SETS_ORDER if any(s in r for c in regression.values() for r in c.values())]
     head = "".join(f"<th>{escape(s)}</th>" for s in sets)
     rows = [f"<tr><td>{escape(city)}</td><td>{escape(ind)}</td>"
             f"{''.join(_probe_cell(res.get(s, {})) for s in sets)}</tr>"
@@ -104,6 +103,38 @@ def _regression_table(regression: dict) -> str:
     return (f"<table><tr><th>city</th><th>indicator</th>{head}</tr>{''.join(rows)}</table>"
             "<p class=note>Test R² of the MLP probe (mean ± std over seeds) on log values; below it the ridge "
             "baseline's R², the MLP's RMSE and rows train/test.</p>")
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{_num(mean, '+.3f')} ± {_num(std)}"
+
+
+def _baselines_table(section: Baselines) -> str:
+    """Per city and indicator: the image probe, the best baseline, the margin (per-seed spread), all baselines."""
+    rows = [f"<tr><td>{escape(city)}</td><td>{escape(ind)}</td><td class=num>{_num(m['r2'])}</td>"
+            f"<td>{escape(m['best'])}</td><td class=num>{_num(m['best_r2'])}</td>"
+            f"<td class=num{' bad' if m['margin'] < 0 else ''}><b>{_pm(m['margin'], m['margin_std'])}</b></td>"
+            f"<td class=note>{', '.join(f'{escape(k)} {_num(v)}' for k, v in m['candidates'].items())}</td></tr>"
+            for city, by_ind in section["margins"].items() for ind, m in by_ind.items()]
+    return ("<table><tr><th>city</th><th>indicator</th><th>image R²</th><th>best baseline</th><th>its R²</th>"
+            f"<th>margin</th><th>every baseline's R²</th></tr>{''.join(rows)}</table><p class=note>Test R² of the "
+            "MLP probe (mean over probe seeds). Margin: image R² minus the best baseline's R², per probe seed, as "
+            "mean ± std over seeds (the spread of the probe fits only: one checkpoint, one test split). Baselines: "
+            f"{escape(', '.join(section['sets']))}.</p>")
+
+
+def _split_gap_table(section: SplitGap) -> str:
+    rows = [f"<tr><td>{escape(city)}</td><td>{escape(ind)}</td>"
+            + (f"<td colspan=4>{escape(g['skipped'])}</td>" if "skipped" in g else
+               f"<td class=num>{_num(g['spatial_r2'])}</td><td class=num>{_num(g['random_r2'])} ± "
+               f"{_num(g['random_r2_std'])}</td><td class=num><b>{_pm(g['gap'], g['gap_std'])}</b></td>"
+               f"<td class=num>{g['n_train']}/{g['n_val']}/{g['n_test']}</td>") + "</tr>"
+            for city, by_ind in section["gaps"].items() for ind, g in by_ind.items()]
+    return ("<table><tr><th>city</th><th>indicator</th><th>spatial split R²</th><th>random split R²</th>"
+            f"<th>gap (random − spatial)</th><th>rows train/val/test</th></tr>{''.join(rows)}</table>"
+            f"<p class=note>The {escape(section['features'])} MLP probe on the shards' spatial-block split, and on "
+            f"a random tile-level re-split of the same rows with the same sizes (seed {section['seed']}). A positive "
+            "gap is what a random split would overstate: neighbouring tiles leak into test.</p>")
 
 
 def _retrieval_table(retrieval: dict) -> str:
@@ -165,7 +196,15 @@ def _transfer_table(transfer: dict) -> str:
             f"{''.join(rows)}</table>")
 
 
-def _summary(report: dict) -> str:
+def _trained_on(trained: dict | None) -> str | None:
+    if trained is None:
+        return None
+    if "fingerprint" not in trained:
+        return f"unknown ({trained.get('note', '')})"
+    return f"{', '.join(trained.get('cities', []))} ({trained['shards']}, fingerprint {trained['fingerprint']})"
+
+
+def _summary(report: Report) -> str:
     ck, data, timing = report["checkpoint"], report.get("data", {}), report.get("timing", {})
     tiles = ", ".join(f"{k} {v}" for k, v in data.get("tiles", {}).items()) or None
     items = [("checkpoint", ck["uri"]), ("step", ck.get("step")), ("status", report["status"]),
@@ -173,19 +212,24 @@ def _summary(report: dict) -> str:
              ("publish → report lag", _num(report.get("lag_seconds"), ".1f") + " s"),
              ("eval time", _num(timing.get("total_seconds"), ".1f") + " s"),
              ("shards", data.get("uri")), ("data fingerprint", data.get("fingerprint")), ("tiles per split", tiles),
+             ("trained on", _trained_on(ck.get("trained_on"))),
              ("seeds", report.get("seeds")), ("text features", report.get("text_features")),
              ("protocol", report.get("protocol"))]
     lines = "".join(f"<li><b>{escape(k)}</b>: {escape(str(v))}</li>" for k, v in items if v is not None)
     return f"<ul>{lines}</ul>"
 
 
-def render_html(report: dict, figs: list[tuple[str, str]], thumbs: dict[int, np.ndarray]) -> str:
+def render_html(report: Report, figs: list[tuple[str, str]], thumbs: dict[int, np.ndarray]) -> str:
     parts = [f"<h1>cityscale eval: {escape(report['checkpoint']['name'])}</h1>", _summary(report)]
     if report["status"] != "ok":
         parts.append(f"<p class=bad><b>failed</b>: {escape(report.get('reason', ''))}</p>")
     parts += [f"<p class=note>{escape(n)}</p>" for n in report.get("notes", [])]
     if report.get("regression"):
         parts += ["<h2>Indicator probes (test split)</h2>", _regression_table(report["regression"])]
+    if report.get("baselines", {}).get("margins"):
+        parts += ["<h2>Against the best baseline (test split)</h2>", _baselines_table(report["baselines"])]
+    if report.get("split_gap", {}).get("gaps"):
+        parts += ["<h2>Spatial vs random split</h2>", _split_gap_table(report["split_gap"])]
     if report.get("transfer"):
         parts += ["<h2>Cross-city transfer (image features)</h2>", _transfer_table(report["transfer"])]
     parts += [f"<h3>{escape(cap)}</h3><img class=fig src='{escape(name)}'>" for cap, name in figs]
@@ -202,7 +246,7 @@ def render_html(report: dict, figs: list[tuple[str, str]], thumbs: dict[int, np.
             "</p></body></html>")
 
 
-def write_report(out: str, report: dict, thumbs: dict[int, np.ndarray] | None = None) -> None:
+def write_report(out: str, report: Report, thumbs: dict[int, np.ndarray] | None = None) -> None:
     """Figures and report.html first, report.json last (its presence marks the checkpoint as reported)."""
     figs = _figures(out, report) if report["status"] == "ok" else []
     write_bytes_atomic(join(out, REPORT_HTML), render_html(report, figs, thumbs or {}).encode())
@@ -211,7 +255,7 @@ def write_report(out: str, report: dict, thumbs: dict[int, np.ndarray] | None = 
 
 # ----------------------------------------------------------------------------- index across checkpoints
 
-def read_reports(eval_root: str) -> list[dict]:
+def read_reports(eval_root: str) -> list[Report]:
     """Every report.json under RUN/eval/*/, by step (reports without a step last)."""
     fs, root = url_to_fs(eval_root)
     try:
@@ -223,53 +267,66 @@ def read_reports(eval_root: str) -> list[dict]:
     return sorted(reports, key=lambda r: (r["checkpoint"].get("step") is None, r["checkpoint"].get("step") or 0))
 
 
-def _mean_r2(report: dict, indicator: str, feature_set: str) -> float:
-    vals = [sets[feature_set]["mlp"]["r2"] for by_ind in report.get("regression", {}).values()
-            for ind, sets in by_ind.items() if ind == indicator and "mlp" in sets.get(feature_set, {})]
-    return float(np.mean(vals)) if vals else float("nan")
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else v
 
 
-def _trend_series(ok: list[dict]) -> tuple[dict, dict, dict]:
-    indicators = sorted({i for r in ok for c in r.get("regression", {}).values() for i in c})
-    series = {i: [_mean_r2(r, i, HEADLINE) for r in ok] for i in indicators}
-    baselines = {i: [_mean_r2(r, i, "random_init") for r in ok] for i in indicators}
-    retrieval = {f"{d.replace('_to_', '→')} R@{k}": [r.get("retrieval", {}).get("checkpoint", {}).get(d, {}).get(
-        f"r@{k}", float("nan")) for r in ok] for d in ("image_to_text", "text_to_image") for k in (1, 5)}
-    return series, baselines, retrieval
+def _best_label(ok: list[Report], indicator: str) -> str:
+    names = sorted({n for r in ok if (b := best_baseline(r, indicator)) for n in b.names.split("/")})
+    return f"best baseline: {'/'.join(names)}" if names else "best baseline"
 
 
-def _index_row(r: dict, indicators: list[str]) -> str:
+def _trend_series(ok: list[Report]) -> tuple[dict, dict, dict]:
+    """Image R2 per indicator over steps; its references (best baseline, random init); retrieval R@k."""
+    names = sorted({i for r in ok for i in indicators(r)})
+    series = {i: [mean_r2(r, i, HEADLINE) for r in ok] for i in names}
+    references = {i: {_best_label(ok, i): [_nan(b and b.r2) for b in (best_baseline(r, i) for r in ok)],
+                      "random init": [mean_r2(r, i, RANDOM_INIT) for r in ok]} for i in names}
+    retrieval = {f"{d.replace('_to_', '→')} R@{k}": [_nan(recall(r, "checkpoint", d, k)) for r in ok]
+                 for d in ("image_to_text", "text_to_image") for k in (1, 5)}
+    return series, references, retrieval
+
+
+def _index_cell(r: Report, indicator: str) -> str:
+    best = best_baseline(r, indicator)
+    versus = (f"best {escape(best.names)} {_num(best.r2)}, margin {_pm(best.margin, best.margin_std)}"
+              if best else "best baseline –")
+    return (f"<td class=num>{_num(mean_r2(r, indicator, HEADLINE))}<br><span class=note>{versus}; random "
+            f"{_num(mean_r2(r, indicator, RANDOM_INIT))}</span></td>")
+
+
+def _index_row(r: Report, names: list[str]) -> str:
     ck = r["checkpoint"]
     link = f"<a href='{escape(ck['name'])}/{REPORT_HTML}'>{escape(ck['name'])}</a>"
-    if r["status"] != "ok":
-        return f"<tr><td>{link}</td><td>{ck.get('step')}</td><td colspan={len(indicators) + 3} class=bad>failed: " \
+    if not is_ok(r):
+        return f"<tr><td>{link}</td><td>{ck.get('step')}</td><td colspan={len(names) + 3} class=bad>failed: " \
                f"{escape(r.get('reason', ''))}</td></tr>"
-    cells = "".join(f"<td class=num>{_num(_mean_r2(r, i, HEADLINE))} <span class=note>(random "
-                    f"{_num(_mean_r2(r, i, 'random_init'))})</span></td>" for i in indicators)
-    ret = r.get("retrieval", {}).get("checkpoint", {})
+    cells = "".join(_index_cell(r, i) for i in names)
     return (f"<tr><td>{link}</td><td>{ck.get('step')}</td>{cells}"
-            f"<td class=num>{_num(ret.get('image_to_text', {}).get('r@1'))}</td>"
-            f"<td class=num>{_num(ret.get('text_to_image', {}).get('r@1'))}</td>"
+            f"<td class=num>{_num(recall(r, 'checkpoint', 'image_to_text', 1))}</td>"
+            f"<td class=num>{_num(recall(r, 'checkpoint', 'text_to_image', 1))}</td>"
             f"<td class=num>{_num(r.get('lag_seconds'), '.1f')}</td></tr>")
 
 
 def write_index(eval_root: str) -> int:
     """Rebuild RUN/eval/index.html (+ trend.png) from every report; returns the number of reports listed."""
     reports = read_reports(eval_root)
-    ok = [r for r in reports if r["status"] == "ok" and r["checkpoint"].get("step") is not None]
-    series, baselines, retrieval = _trend_series(ok)
+    ok = [r for r in reports if is_ok(r) and r["checkpoint"].get("step") is not None]
+    series, references, retrieval = _trend_series(ok)
     trend_img = ""
     if ok:
-        png = trend([r["checkpoint"]["step"] for r in ok], series, baselines, retrieval)
+        png = trend([r["checkpoint"]["step"] for r in ok], series, references, retrieval)
         trend_img = f"<img class=fig src='{_fig(eval_root, TREND_PNG, png)}'>"
-    indicators = list(series)
-    head = "".join(f"<th>{escape(i)} R²</th>" for i in indicators)
-    rows = "".join(_index_row(r, indicators) for r in reports)
+    names = list(series)
+    head = "".join(f"<th>{escape(i)} R²</th>" for i in names)
+    rows = "".join(_index_row(r, names) for r in reports)
     html = (f"<!doctype html><html><head><meta charset=utf-8><title>cityscale eval</title><style>{_STYLE}</style>"
             f"</head><body><h1>cityscale eval: {len(reports)} checkpoint reports</h1>{trend_img}"
             f"<table><tr><th>checkpoint</th><th>step</th>{head}<th>image→text R@1</th><th>text→image R@1</th>"
-            f"<th>lag (s)</th></tr>{rows}</table><p class=note>R²: test split, image MLP probe, mean over cities "
-            "(random-init baseline of the same architecture in brackets).</p></body></html>")
+            f"<th>lag (s)</th></tr>{rows}</table><p class=note>R²: test split, image MLP probe, mean over cities. "
+            "Below it the best baseline of that report (the highest R² among the random-init twin, colour "
+            "histograms, the SimCLR twin and the caption-only encoder), the image probe's margin over it (mean ± "
+            "std of the per-seed differences) and the random-init twin of the same architecture.</p></body></html>")
     write_bytes_atomic(join(eval_root, INDEX_HTML), html.encode())
     return len(reports)
 

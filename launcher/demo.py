@@ -7,7 +7,8 @@ The one-command tour of the three services on embedded defaults, sized for a 2-c
    on 127.0.0.1 and `s3://`); the builder skips shards already published, so a second demo reuses them;
 3. train the tiny CPU recipe on 2 gloo ranks (ZeRO-2, bf16) while an eval worker probes each checkpoint;
 4. print a summary: throughput, final test R2 per indicator against the random-init and colour-histogram
-   baselines, retrieval R@5, and the path of the HTML report index.
+   baselines and the margin over the best baseline of the report, retrieval R@5, and the path of the HTML
+   report index.
 
 Each step runs as a child process in its own process group; Ctrl-C (or any failure) stops every one of them,
 and what was already published (shards, checkpoints, reports) stays intact because each is published atomically.
@@ -31,6 +32,7 @@ from configs.loader import ConfigError
 from configs.train import load_train_config
 from eval.checkpoints import list_complete
 from eval.report import EVAL_DIR, has_report, read_json, report_uri
+from eval.report_schema import COLOR_HIST, HEADLINE, RANDOM_INIT, Report, margin_rows, mlp_r2, probe_rows, recall
 
 ROOT = Path(__file__).resolve().parents[1]
 CITY = "Demoville"
@@ -173,7 +175,7 @@ def throughput(run: str) -> dict[str, float]:
     return {"per_rank": per_rank, "total": per_rank * 2, "steps": len(rows)}
 
 
-def final_report(run: str) -> dict:
+def final_report(run: str) -> Report:
     done = list_complete(run)
     if not done:
         raise DemoStepFailed(f"no checkpoint was published under {run}/checkpoints")
@@ -183,21 +185,26 @@ def final_report(run: str) -> dict:
     return report
 
 
-def summary_lines(report: dict, speed: dict[str, float], index: str) -> list[str]:
-    """The closing table: population/carbon/GDP test R2 beside the baselines, retrieval, where to look."""
+def summary_lines(report: Report, speed: dict[str, float], index: str) -> list[str]:
+    """The closing table: population/carbon/GDP test R2 beside the baselines and the margin over the best one,
+    retrieval, where to look."""
     lines = [f"throughput: {speed['total']:.0f} samples/s over 2 ranks ({speed['per_rank']:.0f} per rank)",
              f"final checkpoint: step {report['checkpoint']['step']}",
-             f"{'city':<10} {'indicator':<11} {'pretrained':>10} {'random-init':>11} {'colour-hist':>11}"]
-    for city, by_indicator in report.get("regression", {}).items():
-        for name, sets in by_indicator.items():
-            r2 = {k: sets.get(k, {}).get("mlp", {}).get("r2") for k in ("image", "random_init", "color_hist")}
-            cells = " ".join(f"{v:>11.3f}" if v is not None else f"{'-':>11}" for v in r2.values())
-            lines.append(f"{city:<10} {name:<11}{cells}")
-    rec = report["retrieval"]["checkpoint"]
-    rnd = report["retrieval"]["random_init"]
-    lines.append(f"retrieval R@5 image->text {rec['image_to_text']['r@5']:.3f} (random-init "
-                 f"{rnd['image_to_text']['r@5']:.3f}), text->image {rec['text_to_image']['r@5']:.3f} "
-                 f"(random-init {rnd['text_to_image']['r@5']:.3f}) over {rec['image_to_text']['n']} test tiles")
+             f"{'city':<10} {'indicator':<11} {'pretrained':>10} {'random-init':>11} {'colour-hist':>11}  "
+             f"{'margin over the best baseline':<40}"]
+    margin = {(c, i): m for c, i, m in margin_rows(report)}
+    for city, indicator in sorted({(r.city, r.indicator) for r in probe_rows(report)}):
+        r2 = [mlp_r2(report, city, indicator, k) for k in (HEADLINE, RANDOM_INIT, COLOR_HIST)]
+        cells = " ".join(f"{v:>11.3f}" if v is not None else f"{'-':>11}" for v in r2)
+        m = margin.get((city, indicator))
+        best = f"{m['margin']:+.3f} ± {m['margin_std']:.3f} over {m['best']} ({m['best_r2']:.3f})" if m else "-"
+        lines.append(f"{city:<10} {indicator:<11}{cells}  {best}")
+    r5 = {(e, d): recall(report, e, d, 5) for e in ("checkpoint", "random_init")
+          for d in ("image_to_text", "text_to_image")}
+    n = report["retrieval"]["checkpoint"]["image_to_text"]["n"]
+    lines.append(f"retrieval R@5 image->text {r5['checkpoint', 'image_to_text']:.3f} (random-init "
+                 f"{r5['random_init', 'image_to_text']:.3f}), text->image {r5['checkpoint', 'text_to_image']:.3f} "
+                 f"(random-init {r5['random_init', 'text_to_image']:.3f}) over {n:.0f} test tiles")
     lines.append(f"reports: {index}")
     return lines
 
