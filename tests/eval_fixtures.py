@@ -20,9 +20,10 @@ from eval.metrics import JsonlLog
 from trainer import model as trainer_model
 
 TINY_MODEL = "cityscale-nano-32"
-# a fast probe for tests: one seed, few epochs
+# a fast probe for tests: one seed, few epochs; no caption baseline (loading and running its sentence encoder
+# takes tens of seconds: tests/test_eval_report.py turns it on)
 FAST = ["probe.seeds=[0]", "probe.max_epochs=25", "probe.patience=5", "loader_workers=0", "batch_size=64",
-        "retrieval.examples=3"]
+        "retrieval.examples=3", "baselines.caption=false"]
 
 
 def synthetic_shards(out: str, workdir: str, cities: dict[str, int], *, size: int = 32, seed: int = 3,
