@@ -3,6 +3,7 @@ pretrained tiny model beats its random-init twin on the population probe.
 
     .venv/bin/python bench/eval.py throughput     # ~5 min on 2 cores; everything under bench_out/eval/
     .venv/bin/python bench/eval.py signal --train-steps 300
+    .venv/bin/python bench/eval.py cost           # ~10 min: what the baselines and the split gap add to a report
 
 Data: one synthetic city (`cityscale synth`, 2,500 tiles of 64 px, seed 0) built into shards with the default
 80/10/10 spatial split (about 2,000 train tiles), cached in bench_out/eval/shards.
@@ -15,6 +16,14 @@ throughput
 - lag: a worker (`python -m eval.worker`, default config unless `--set`) watches a run folder; once it is
   idle, a checkpoint is published (COMPLETE marker written); the lag is the report's `lag_seconds` (marker
   time to report written), split into embedding and probe time from the report's `timing`.
+
+cost
+- two checkpoints (random init, seeds 1 and 2) evaluated one after the other in one process, as a watcher does,
+  with the default probe (3 seeds) and an in-process reader: (a) the report as it was before the SimCLR,
+  caption and split-gap additions (5 feature sets, no memo) and (b) the defaults with a SimCLR twin (another
+  random-init export) and the watcher's memo; a fresh sentence cache per variant, so the first report pays
+  the caption embeddings and the second reads them back. Per report: wall and CPU seconds, split into
+  embedding, caption features and probes, and the probe results the memo served.
 
 signal
 - `cityscale train` (configs/train/tiny-cpu.yaml, 2 CPU ranks) for `--train-steps` on the train split, then
@@ -34,24 +43,30 @@ import sys
 import tempfile
 import time
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, for `bench.common`
 
 from bench.common import CLI, REPO, machine_load, prepare_shards, run_logged, thread_env  # noqa: E402
 from configs.eval import EvalConfig  # noqa: E402
+from configs.loader import load  # noqa: E402
 from configs.train import ModelConfig  # noqa: E402
 from data_shards.reader import read_manifest  # noqa: E402
 from eval.baselines import ClipFeatures, ColorHistogram  # noqa: E402
 from eval.checkpoints import fetch, list_complete, load_model, local_workdir  # noqa: E402
 from eval.embed import embed_split  # noqa: E402
+from eval.memo import EvalMemo  # noqa: E402
 from eval.report_schema import gap_rows, margin_rows, probe_rows, recall  # noqa: E402
+from eval.run import evaluate  # noqa: E402
 from trainer import model as trainer_model  # noqa: E402
 
 OUT = os.path.join(REPO, "bench_out", "eval")
 MODEL = "cityscale-nano-32"
 
 
-def export_checkpoint(run: str, step: int, complete: bool) -> str:
+def export_checkpoint(run: str, step: int, complete: bool, seed: int = 0) -> str:
     """A random-init checkpoint in the trainer's layout (the trainer's own export)."""
+    torch.manual_seed(seed)
     built = trainer_model.build(ModelConfig(name=MODEL), None, {})
     folder = os.path.join(run, "checkpoints", f"step_{step}")
     os.makedirs(folder, exist_ok=True)
@@ -126,6 +141,43 @@ def publish_lag(shards: str, out: str, overrides: list[str]) -> dict:
             "tiles": report["data"]["tiles"], "seeds": report["seeds"], "status": report["status"]}
 
 
+# ----------------------------------------------------------------------------- cost
+
+def _timed_reports(run: str, shards: str, cfg: EvalConfig, memo: EvalMemo | None) -> list[dict]:
+    rows = []
+    for ref in list_complete(run):
+        wall, cpu, hits = time.time(), time.process_time(), memo.hits if memo else 0
+        report, _ = evaluate(ref, shards, cfg, progress=False, memo=memo)
+        timing = report["timing"]
+        rows.append({"checkpoint": ref.name, "status": report["status"], "wall_seconds": time.time() - wall,
+                     "cpu_seconds": time.process_time() - cpu, "embed_seconds": sum(timing["embed_seconds"].values()),
+                     "caption_features_seconds": timing.get("caption_features_seconds", 0.0),
+                     "probe_seconds": timing["probe_seconds"], "memo_hits": (memo.hits if memo else 0) - hits,
+                     "feature_sets": sorted({r.features for r in probe_rows(report)}),
+                     "split_gaps": len(list(gap_rows(report)))})
+    return rows
+
+
+def report_cost(shards: str, out: str, overrides: list[str]) -> dict:
+    """Wall/CPU time of two consecutive reports before and after the baselines and split gap were added."""
+    run, twin = os.path.join(out, "cost-run"), os.path.join(out, "cost-twin")
+    for folder in (run, twin):
+        shutil.rmtree(folder, ignore_errors=True)
+    for step, seed in ((100, 1), (200, 2)):
+        export_checkpoint(run, step, complete=True, seed=seed)
+    export_checkpoint(twin, 50, complete=True, seed=3)
+    variants = {"before: 5 feature sets, no memo": (["baselines.caption=false", "split_gap.enabled=false"], False),
+                "now: defaults + SimCLR twin, memo": ([f"baselines.simclr_checkpoint={twin}"], True)}
+    result = {}
+    for label, (extra, use_memo) in variants.items():
+        cache = tempfile.mkdtemp(prefix="bench-eval-cache-")
+        cfg = load(EvalConfig, None, ["loader_workers=0", f"baselines.cache_dir={cache}", *extra, *overrides])
+        result[label] = _timed_reports(run, shards, cfg, EvalMemo() if use_memo else None)
+        shutil.rmtree(cache, ignore_errors=True)
+        print(json.dumps({label: result[label]}), flush=True)
+    return result
+
+
 # ----------------------------------------------------------------------------- signal
 
 def signal_run(shards: str, out: str, steps: int, overrides: list[str]) -> dict:
@@ -158,13 +210,13 @@ def signal_run(shards: str, out: str, steps: int, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["throughput", "signal"])
+    p.add_argument("what", choices=["throughput", "signal", "cost"])
     p.add_argument("--tiles", type=int, default=2500, help="synthetic tiles (about 80%% land in train)")
     p.add_argument("--size", type=int, default=64, help="tile size in px")
     p.add_argument("--repeats", type=int, default=3, help="embedding passes; the best counts")
     p.add_argument("--train-steps", type=int, default=300, help="signal: optimizer steps of the tiny model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="eval config override (EvalConfig keys for signal, WorkerConfig keys for the lag)")
+                   help="eval config override (EvalConfig keys for signal and cost, WorkerConfig keys for the lag)")
     p.add_argument("--out", default=OUT)
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -173,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "throughput":
         result = {"embedding_tiles_per_second": embedding_rates(shards, args.repeats),
                   "publish_to_report": publish_lag(shards, args.out, args.set)}
+    elif args.what == "cost":
+        result = report_cost(shards, args.out, args.set)
     else:
         result = signal_run(shards, args.out, args.train_steps, args.set)
     result["load_after"] = machine_load()
