@@ -161,7 +161,7 @@ def test_checkpoint_of_another_architecture_fails_with_the_reason(shards, tmp_pa
     bad = write_checkpoint(run, 3, config_patch={"width": 32})
     assert cli(["eval", "run", "--checkpoint", bad, "--shards", shards, "--out", f"{run}/out", "--no-progress"]) == 1
     report = json.loads(open(f"{run}/out/report.json").read())
-    assert report["status"] == "failed" and "size mismatch" in report["reason"]
+    assert report["status"] == "failed" and "size mismatch" in report["reason"] and problems(report) == []
     assert "failed" in open(f"{run}/out/report.html").read()
     assert "size mismatch" in capsys.readouterr().out
     assert cli(["eval", "run", "--checkpoint", f"{run}/nothing", "--shards", shards, "--out", f"{run}/o2",

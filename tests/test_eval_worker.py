@@ -23,6 +23,7 @@ import pytest
 
 from data_shards.storage import url_to_fs
 from eval.checkpoints import list_complete
+from eval.report_schema import problems
 from tests.eval_fixtures import FAST, log_events, mark_complete, synthetic_shards, wait_for, write_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -87,6 +88,7 @@ def test_workers_split_survive_a_kill_and_skip_reported(s3_server, s3_shards, tm
     assert set(got) == {"step_10", "step_15", "step_20", "step_30"}  # none for the partial step_40
     assert got["step_15"]["status"] == "failed" and "size mismatch" in got["step_15"]["reason"]
     assert all(got[n]["status"] == "ok" for n in ("step_10", "step_20", "step_30"))
+    assert all(problems(r) == [] for r in got.values())  # ok and failed reports both follow the schema
     events = log_events(run)
     claims = [(e["checkpoint"], e["generation"]) for e in events if e["event"] == "claim"]
     assert len(claims) == len(set(claims)), f"a lease generation was claimed twice: {claims}"
@@ -131,3 +133,6 @@ def test_worker_beside_a_two_rank_training_run(s3_server, s3_shards, tmp_path):
     assert Counter(e["checkpoint"] for e in log_events(run) if e["event"] == "report") == Counter(
         {n: 1 for n in published})
     assert all(r["lag_seconds"] > 0 and r["checkpoint"]["step"] in (4, 8) for r in got.values())
+    for r in got.values():  # the trainer's run config names its shards: trained and probed on the same bytes
+        assert r["checkpoint"]["trained_on"]["fingerprint"] == r["data"]["fingerprint"] and problems(r) == []
+        assert any(n.startswith("trained and probed on the same shards") for n in r["notes"])
