@@ -141,7 +141,9 @@ def train_and_watch(children: Children, shards: str, run: str, steps: int, env: 
     train = children.start(_cli("train", "--config", DEMO_CONFIG, "--shards", shards,
                                 "--run", run, "--steps", str(steps), "--nproc", "2"), env)
     watcher = children.start(_cli("eval", "watch", "--run", run, "--shards", shards, "--no-progress",
-                                  "--config", DEMO_EVAL_CONFIG), env, log=logs / "eval-worker.log")
+                                  "--config", DEMO_EVAL_CONFIG,  # caption embeddings kept for the next demo
+                                  "--set", f"eval.baselines.cache_dir={logs.parent / 'eval-cache'}"),
+                             env, log=logs / "eval-worker.log")
     print(f"[demo] eval worker running beside training (log: {logs / 'eval-worker.log'})")
     code = train.wait()
     if code == 0:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from configs.eval import EvalConfig, WorkerConfig
+from configs.eval import BaselinesConfig, EvalConfig, WorkerConfig
 from configs.loader import ConfigError, load
 from data_shards.reader import Manifest
 from eval.baselines import ColorHistogram
@@ -216,6 +216,7 @@ def test_children_of_workers_n_get_an_index_and_a_core_share():
 def test_sentence_encoder_features_replace_the_text_tower(tmp_path):
     data = SplitData(split="test", keys=["a", "b"], sentences=[["A river.", "Trees."], ["Dense housing."]])
     assert _text_features({"test": data}, EvalConfig()) == "text"
-    assert _text_features({"test": data}, EvalConfig(text_encoder=default_encoder_path())) == "sentence"
+    cfg = EvalConfig(text_encoder=default_encoder_path(), baselines=BaselinesConfig(cache_dir=str(tmp_path)))
+    assert _text_features({"test": data}, cfg) == "sentence"
     emb = data.features["sentence"]
     assert emb.shape == (2, 384) and not np.allclose(emb[0], emb[1])
