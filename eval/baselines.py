@@ -28,7 +28,8 @@ import torch
 from configs.eval import BaselinesConfig
 from configs.loader import ConfigError
 from data_shards.storage import join, url_to_fs
-from eval.checkpoints import EXPORT_CONFIG, CheckpointRef, LoadedModel, list_complete, ref_from_uri
+from eval.checkpoints import (EXPORT_CONFIG, CheckpointError, CheckpointRef, LoadedModel, list_complete,
+                               ref_from_uri)
 from eval.memo import EvalMemo
 from eval.report_schema import CheckpointSource
 from eval.text_encoder import SentenceEncoder, default_encoder_path
@@ -73,17 +74,25 @@ class ColorHistogram:
 
 # ----------------------------------------------------------------------------- the SimCLR twin
 
+def check_twin(uri: str) -> None:
+    """Fail fast (ConfigError, one line naming the key) when the SimCLR twin's folder does not exist at all; a run
+    folder still waiting for its first checkpoint is fine (each report then says the twin was not probed)."""
+    fs, path = url_to_fs(uri)
+    if not fs.exists(path):
+        raise ConfigError(f"config key 'baselines.simclr_checkpoint': {uri} does not exist: pass RUN or "
+                          "RUN/checkpoints/step_N of a `loss.kind: simclr` run, or '' for no SimCLR baseline")
+
+
 def twin_checkpoint(uri: str) -> CheckpointRef:
-    """The SimCLR twin to probe: the latest complete checkpoint of a run folder, or a checkpoint folder itself.
-    ConfigError (one line, naming the key) when `uri` is neither."""
+    """The SimCLR twin to probe: the latest complete checkpoint of a run folder, or a checkpoint folder itself;
+    CheckpointError when `uri` holds neither (yet)."""
     done = list_complete(uri)
     if done:
         return done[-1]
     fs, path = url_to_fs(join(uri, EXPORT_CONFIG))
     if not fs.exists(path):
-        raise ConfigError(f"config key 'baselines.simclr_checkpoint': {uri} is neither a run with a complete "
-                          f"checkpoint nor a checkpoint folder ({EXPORT_CONFIG} missing): pass RUN or "
-                          "RUN/checkpoints/step_N of a `loss.kind: simclr` run, or '' for no SimCLR baseline")
+        raise CheckpointError(f"{uri} is neither a run with a complete checkpoint (yet) nor a checkpoint folder "
+                              f"({EXPORT_CONFIG} missing)")
     return ref_from_uri(uri)
 
 
@@ -106,10 +115,10 @@ def sentence_encoder(path: str, cfg: BaselinesConfig, memo: EvalMemo | None = No
     return memo.encoder(path, cache) if memo is not None else SentenceEncoder(path, cache_dir=cache)
 
 
-def caption_features(sentences: list[list[str]], encoder: SentenceEncoder) -> np.ndarray:
+def caption_features(sentences: list[list[str]], encoder: SentenceEncoder, progress: bool = True) -> np.ndarray:
     """[tiles, dim]: the mean sentence embedding of each tile's captions (an empty caption for none)."""
-    return encoder.embed_groups([s or [""] for s in sentences])
+    return encoder.embed_groups([s or [""] for s in sentences], progress)
 
 
-__all__ = ["ClipFeatures", "ColorHistogram", "denormalise", "twin_checkpoint", "twin_source", "same_preprocessing",
+__all__ = ["ClipFeatures", "ColorHistogram", "denormalise", "check_twin", "twin_checkpoint", "twin_source", "same_preprocessing",
            "sentence_encoder", "caption_features"]

@@ -28,12 +28,12 @@ from datetime import datetime, timezone
 import numpy as np
 
 from configs.eval import EvalConfig, urbanclip_probe
-from configs.loader import ConfigError, load, run_module, to_dict
+from configs.loader import load, run_module, to_dict
 from data_shards.format import REPORT_NAME, caption_text
 from data_shards.reader import Manifest, read_manifest
 from data_shards.storage import join, url_to_fs
-from eval.baselines import (ClipFeatures, ColorHistogram, caption_features, same_preprocessing, sentence_encoder,
-                            twin_checkpoint, twin_source)
+from eval.baselines import (ClipFeatures, ColorHistogram, caption_features, check_twin, same_preprocessing,
+                            sentence_encoder, twin_checkpoint, twin_source)
 from eval.captioning import can_caption, caption_section, generate_captions
 from eval.checkpoints import (CheckpointError, CheckpointRef, LoadedModel, fetch, load_model, local_workdir,
                                ref_from_uri)
@@ -57,9 +57,9 @@ def check_shards(manifest: Manifest) -> None:
 
 
 def check_baselines(cfg: EvalConfig) -> None:
-    """Fail fast (ConfigError) on a SimCLR twin that cannot be found, before any work."""
+    """Fail fast (ConfigError) on a SimCLR twin folder that does not exist, before any work."""
     if cfg.baselines.simclr_checkpoint:
-        twin_checkpoint(cfg.baselines.simclr_checkpoint)
+        check_twin(cfg.baselines.simclr_checkpoint)
 
 
 def base_report(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig) -> Report:
@@ -92,7 +92,7 @@ def _load_twin(cfg: EvalConfig, model: LoadedModel, report: Report) -> LoadedMod
         ref = twin_checkpoint(uri)
         with local_workdir() as folder:
             twin = load_model(fetch(ref, folder))
-    except (ConfigError, CheckpointError) as e:
+    except CheckpointError as e:
         report["notes"].append(f"SimCLR twin not probed: {e}")
         return None
     if not same_preprocessing(model, twin):
@@ -119,29 +119,31 @@ def _embed_all(manifest: Manifest, folder: str, model: LoadedModel, twin: Loaded
     return splits
 
 
-def _sentence_features(splits: dict[str, SplitData], key: str, path: str, cfg: EvalConfig,
-                       memo: EvalMemo | None) -> str:
+def _sentence_features(splits: dict[str, SplitData], key: str, path: str, cfg: EvalConfig, memo: EvalMemo | None,
+                       progress: bool) -> str:
     """features[key] of every split: a sentence encoder's mean embedding of each tile's captions; its name."""
     encoder = sentence_encoder(path, cfg.baselines, memo)
     for data in splits.values():
-        data.features[key] = caption_features(data.sentences, encoder)
+        data.features[key] = caption_features(data.sentences, encoder, progress)
     return encoder.name
 
 
-def _caption_baseline(splits: dict[str, SplitData], cfg: EvalConfig, report: Report, memo: EvalMemo | None) -> None:
+def _caption_baseline(splits: dict[str, SplitData], cfg: EvalConfig, report: Report, memo: EvalMemo | None,
+                      progress: bool) -> None:
     """The caption-only baseline's features (`caption_minilm`), when enabled."""
     if not cfg.baselines.caption:
         report["notes"].append("caption-only baseline off (baselines.caption=false)")
         return
-    name = _sentence_features(splits, CAPTION_MINILM, cfg.baselines.caption_encoder, cfg, memo)
+    name = _sentence_features(splits, CAPTION_MINILM, cfg.baselines.caption_encoder, cfg, memo, progress)
     report["baselines"]["caption_encoder"] = name
 
 
-def _text_features(splits: dict[str, SplitData], cfg: EvalConfig, memo: EvalMemo | None = None) -> str:
+def _text_features(splits: dict[str, SplitData], cfg: EvalConfig, memo: EvalMemo | None = None,
+                   progress: bool = True) -> str:
     """Name of the feature used as 'text' in the probes: the tower's, or a sentence encoder's ('sentence')."""
     if not cfg.text_encoder:
         return "text"
-    _sentence_features(splits, "sentence", cfg.text_encoder, cfg, memo)
+    _sentence_features(splits, "sentence", cfg.text_encoder, cfg, memo, progress)
     return "sentence"
 
 
@@ -254,12 +256,12 @@ def evaluate(ref: CheckpointRef, shards_uri: str, cfg: EvalConfig, *, progress: 
         del report["baselines"]
         return finish(report, started, "failed", str(e)), {}
     caption_start = time.time()
-    _caption_baseline(splits, cfg, report, memo)
+    _caption_baseline(splits, cfg, report, memo, progress)
     report["timing"]["caption_features_seconds"] = time.time() - caption_start
     report["timing"]["embed_seconds"] = {k: d.seconds for k, d in splits.items()}
     report["data"].update(tiles={k: len(d) for k, d in splits.items()},
                           skipped={k: d.skipped for k, d in splits.items() if d.skipped})
-    text_key = _text_features(splits, cfg, memo)
+    text_key = _text_features(splits, cfg, memo, progress)
     report["text_features"] = cfg.text_encoder or "checkpoint text tower"
     probe_start = time.time()
     _probe_section(report, splits, manifest, text_key, cfg, progress, memo)

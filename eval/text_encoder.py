@@ -50,28 +50,32 @@ class SentenceEncoder:
     def dim(self) -> int:
         return int(self.model.get_sentence_embedding_dimension())
 
-    def embed(self, sentences: list[str]) -> np.ndarray:
-        """[len(sentences), dim] L2-normalised; cached under cache_dir by a hash of encoder + sentences."""
+    def embed(self, sentences: list[str], progress: bool = True) -> np.ndarray:
+        """[len(sentences), dim] L2-normalised; cached under cache_dir by a hash of encoder + sentences. The cache
+        file appears whole (written under a temporary name, then renamed): workers of one host share it."""
         if not self.cache_dir:
-            return self._encode(sentences)
+            return self._encode(sentences, progress)
         digest = hashlib.sha256("\n".join([self.name, *sentences]).encode("utf-8")).hexdigest()[:24]
         path = Path(self.cache_dir, f"{digest}.npy")
         if path.is_file():
             return np.load(path)
-        emb = self._encode(sentences)
+        emb = self._encode(sentences, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, emb)
+        tmp = path.with_name(f".{path.stem}-{os.getpid()}.npy")
+        np.save(tmp, emb)
+        os.replace(tmp, path)
         return emb
 
-    def _encode(self, sentences: list[str]) -> np.ndarray:
+    def _encode(self, sentences: list[str], progress: bool) -> np.ndarray:
         return self.model.encode(sentences, batch_size=self.batch_size, normalize_embeddings=True,
-                                 show_progress_bar=len(sentences) > self.batch_size, convert_to_numpy=True)
+                                 show_progress_bar=progress and len(sentences) > self.batch_size,
+                                 convert_to_numpy=True)
 
-    def embed_groups(self, groups: list[list[str]]) -> np.ndarray:
+    def embed_groups(self, groups: list[list[str]], progress: bool = True) -> np.ndarray:
         """Mean of the sentence embeddings of each group; [len(groups), dim]."""
         flat = [s for g in groups for s in g]
         owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
-        emb = self.embed(flat)
+        emb = self.embed(flat, progress)
         out = np.zeros((len(groups), emb.shape[1]), dtype=np.float32)
         np.add.at(out, owner, emb)
         return out / np.maximum(np.bincount(owner, minlength=len(groups)), 1)[:, None]

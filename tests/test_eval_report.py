@@ -186,12 +186,21 @@ def test_shards_without_indicators_skip_regression(tmp_path):
     assert report["retrieval"]["checkpoint"]["image_to_text"]["n"] == 12
 
 
-def test_missing_simclr_twin_is_one_line(shards, tmp_path, capsys):
+def test_missing_simclr_twin_is_one_line_and_an_empty_run_a_note(tmp_path, capsys):
+    folder = tmp_path / "shards"
+    write_shard_folder(folder, {"train": [make_samples(20, size=32)],
+                                "test": [make_samples(8, start=20, size=32, split="test")]})
     ck = write_checkpoint(str(tmp_path / "run"), 1)
-    assert cli(["eval", "run", "--checkpoint", ck, "--shards", shards, "--out", str(tmp_path / "out"),
+    assert cli(["eval", "run", "--checkpoint", ck, "--shards", str(folder), "--out", str(tmp_path / "out"),
                 "--set", f"baselines.simclr_checkpoint={tmp_path / 'nothing'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'baselines.simclr_checkpoint'" in err and "loss.kind: simclr" in err and len(err.splitlines()) == 1
+    (tmp_path / "simclr-run").mkdir()  # a twin run that has not published a checkpoint yet
+    assert cli(["eval", "run", "--checkpoint", ck, "--shards", str(folder), "--out", str(tmp_path / "out"),
+                "--no-progress", *_settings(), "--set", f"baselines.simclr_checkpoint={tmp_path / 'simclr-run'}"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any(n.startswith("SimCLR twin not probed") and "complete checkpoint" in n for n in report["notes"])
+    assert "simclr" not in report["baselines"] and "simclr" not in report["regression"]["testcity"]["population"]
 
 
 def test_missing_shards_is_a_config_error(tmp_path, capsys):
