@@ -145,6 +145,10 @@ class DeepSpeedConfig:
         "weights, bf16 compute under torch.autocast: open_clip_train's amp_bf16) or fp32", default="bf16")
     overrides: str = doc("expert JSON/YAML file merged last into the generated DeepSpeed dict (batch keys are "
                          "refused: set batch.* instead)", default="")
+    accelerator: Literal["auto", "cuda", "cpu"] = doc(
+        "what the ranks run on: auto (DeepSpeed detects it on each target host: CUDA where there are GPUs, else "
+        "CPU ranks talking gloo), cuda or cpu (set DS_ACCELERATOR for every rank; `cityscale train "
+        "--accelerator` sets this)", default="auto")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,13 +2,13 @@
 
 Each DataLoader worker runs one webdataset pipeline of small stages (shared STYLE.md habit 10):
 
-    shard list, shuffled with (seed, epoch, pass)       same order on every rank (KNOWN_PITFALLS #3)
+    shard list, shuffled with (seed, epoch, pass)       same order on every rank (docs/pitfalls.md)
     -> split by node (rank, world_size passed in)      then by worker: slot = rank + world_size * worker
     -> tarfile_to_samples(handler=our counter)          unreadable shards are counted, not fatal
-    -> only samples (drop webdataset's `{}` end-of-shard markers, KNOWN_PITFALLS #4)
+    -> only samples (drop webdataset's `{}` end-of-shard markers, docs/pitfalls.md)
     -> sample shuffle buffer, seeded with (seed, epoch, rank, worker, pass)
     -> skip the samples consumed before a resume (read, not decoded)
-    -> decode + transform + tokenize, skipping corrupt samples by reason (KNOWN_PITFALLS #5)
+    -> decode + transform + tokenize, skipping corrupt samples by reason (docs/pitfalls.md)
     -> batch, stop after this worker's share of `batches_per_epoch`
 
 Equal batches per rank. Training gives every rank exactly `batches_per_epoch = samples // (batch_size *
@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-import fsspec
 import PIL.Image
 import torch
 import webdataset as wds
@@ -60,6 +59,7 @@ from configs.data import LoaderConfig
 from configs.loader import ConfigError
 from data_shards import s3_gopen
 from data_shards.format import MANIFEST_NAME, SCHEMA_VERSION
+from data_shards.storage import read_bytes
 
 s3_gopen.register()  # at import time: spawned workers import this module when they unpickle the pipeline
 
@@ -97,8 +97,7 @@ def read_manifest(shards_uri: str) -> Manifest:
     uri = shards_uri.rstrip("/")
     path = f"{uri}/{MANIFEST_NAME}"
     try:
-        with fsspec.open(path, "r") as f:
-            raw = json.load(f)
+        raw = json.loads(read_bytes(path))
     except FileNotFoundError:
         raise ConfigError(f"no manifest at {path}: {BUILD_HINT} (it is written last, when a build is complete)"
                           ) from None

@@ -18,11 +18,11 @@ from html import escape
 
 import numpy as np
 
+from data_shards.run_layout import EVAL_DIR
 from data_shards.storage import join, url_to_fs, write_bytes_atomic
 from eval.figures import residual_map, scatter, thumbnail_png, trend
 from eval.probes import HEADLINE, URBANCLIP_SET
 
-EVAL_DIR = "eval"
 REPORT_JSON, REPORT_HTML, INDEX_HTML, TREND_PNG = "report.json", "report.html", "index.html", "trend.png"
 _SETS_ORDER = ("image", URBANCLIP_SET, "text", "image+text", "random_init", "color_hist")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}

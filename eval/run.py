@@ -27,11 +27,11 @@ from configs.eval import EvalConfig, urbanclip_probe
 from configs.loader import load, run_module, to_dict
 from data_shards.format import REPORT_NAME, caption_text
 from data_shards.reader import Manifest, read_manifest
+from data_shards.run_layout import CheckpointRef, ref_from_uri
 from data_shards.storage import join, url_to_fs
 from eval.baselines import ClipFeatures, ColorHistogram
 from eval.captioning import can_caption, caption_section, generate_captions
-from eval.checkpoints import (CheckpointError, CheckpointRef, LoadedModel, fetch, load_model, local_workdir,
-                               ref_from_uri)
+from eval.checkpoints import CheckpointError, LoadedModel, fetch, load_model, local_workdir
 from eval.embed import SplitData, embed_split
 from eval.probes import HEADLINE, URBANCLIP_SET, feature_sets, indicator_probes, transfer_probes
 from eval.report import write_report

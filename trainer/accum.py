@@ -67,7 +67,7 @@ def _pool(cached: list[dict[str, torch.Tensor]], live: dict[str, torch.Tensor], 
 
 def _forward(stepper: Stepper, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
     """The model's outputs; a captioning model gets its labels from the text when it does not return them
-    (open_clip after 3.3, KNOWN_PITFALLS #7): the next token at every position."""
+    (open_clip after 3.3, docs/pitfalls.md): the next token at every position."""
     outputs = stepper.forward(images, texts)
     if "logits" in outputs and "labels" not in outputs:
         outputs["labels"] = texts[:, 1:].to(outputs["logits"].device)

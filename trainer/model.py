@@ -30,7 +30,7 @@ from configs.data import AugmentConfig
 from configs.loader import ConfigError
 from configs.train import ModelConfig
 from data_shards.augment import tile_transform
-from eval.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS
+from data_shards.run_layout import EXPORT_CONFIG, EXPORT_WEIGHTS
 
 MODELS_DIR = Path(configs.__file__).resolve().parent / "models"
 open_clip.add_model_config(MODELS_DIR)
