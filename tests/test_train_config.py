@@ -132,6 +132,10 @@ def _train(capsys, shards: str, run: Path, *extra: str) -> tuple[int, str]:
     (["--set", "loss.caption_weight=-1"], "config key 'loss.caption_weight': -1.0 must be >= 0"),
     (["--set", "loss.logit_scale_max=0.5"], "config key 'loss.logit_scale_max': 0.5 must be 0 (no clamp) or >= 1"),
     (["--set", "data.caption=first"], "config key 'data.caption'"),
+    (["--set", "loss.kind=simclr"], "config key 'data.views': loss.kind simclr takes 2 view(s) of each tile, got 1"),
+    (["--set", "data.views=2"], "config key 'data.views': loss.kind infonce takes 1 view(s) of each tile, got 2"),
+    (["--set", "loss.kind=simclr", "--set", "data.views=2", "--set", "loss.temperature=0"],
+     "config key 'loss.temperature': 0.0 must be > 0"),
 ])
 def test_bad_config_is_one_line_exit_2_and_nothing_starts(capsys, shards, tmp_path, extra, expected):
     code, err = _train(capsys, shards, tmp_path / "run", *extra)
