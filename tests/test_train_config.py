@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from configs.loader import ConfigError
+from configs.loader import ConfigError, to_dict
 from configs.train import BatchConfig, TrainConfig, load_train_config
 from launcher import cli
 from launcher.train import hostfile_ranks, prometheus_targets
@@ -45,6 +45,16 @@ def test_every_shipped_train_config_loads(path):
     cfg = load_train_config(str(path))
     assert cfg.model.name in model_names()
     cfg.batch.check(1)
+
+
+def test_simclr_recipe_is_the_tiny_recipe_with_only_its_loss_and_views():
+    """The image-only control must differ from the CLIP recipe in nothing but the objective."""
+    tiny, twin = (to_dict(load_train_config(str(ROOT / f"configs/train/{name}.yaml")))
+                  for name in ("tiny-cpu", "simclr-tiny-cpu"))
+    assert (twin["loss"]["kind"], twin["data"]["views"], tiny["data"]["views"]) == ("simclr", 2, 1)
+    for cfg in (tiny, twin):
+        del cfg["loss"]["kind"], cfg["loss"]["temperature"], cfg["data"]["views"]
+    assert twin == tiny
 
 
 def test_our_model_configs_are_known_to_open_clip():
