@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from configs.loader import ConfigError
+from configs.loader import ConfigError, to_dict
 from configs.train import BatchConfig, TrainConfig, load_train_config
 from launcher import cli
 from launcher.train import deepspeed_env_file, hostfile_ranks, launch_env, prometheus_targets
@@ -45,6 +45,16 @@ def test_every_shipped_train_config_loads(path):
     cfg = load_train_config(str(path))
     assert cfg.model.name in model_names()
     cfg.batch.check(1)
+
+
+def test_simclr_recipe_is_the_tiny_recipe_with_only_its_loss_and_views():
+    """The image-only control must differ from the CLIP recipe in nothing but the objective."""
+    tiny, twin = (to_dict(load_train_config(str(ROOT / f"configs/train/{name}.yaml")))
+                  for name in ("tiny-cpu", "simclr-tiny-cpu"))
+    assert (twin["loss"]["kind"], twin["data"]["views"], tiny["data"]["views"]) == ("simclr", 2, 1)
+    for cfg in (tiny, twin):
+        del cfg["loss"]["kind"], cfg["loss"]["temperature"], cfg["data"]["views"]
+    assert twin == tiny
 
 
 def test_our_model_configs_are_known_to_open_clip():
@@ -132,6 +142,10 @@ def _train(capsys, shards: str, run: Path, *extra: str) -> tuple[int, str]:
     (["--set", "loss.caption_weight=-1"], "config key 'loss.caption_weight': -1.0 must be >= 0"),
     (["--set", "loss.logit_scale_max=0.5"], "config key 'loss.logit_scale_max': 0.5 must be 0 (no clamp) or >= 1"),
     (["--set", "data.caption=first"], "config key 'data.caption'"),
+    (["--set", "loss.kind=simclr"], "config key 'data.views': loss.kind simclr takes 2 view(s) of each tile, got 1"),
+    (["--set", "data.views=2"], "config key 'data.views': loss.kind infonce takes 1 view(s) of each tile, got 2"),
+    (["--set", "loss.kind=simclr", "--set", "data.views=2", "--set", "loss.temperature=0"],
+     "config key 'loss.temperature': 0.0 must be > 0"),
 ])
 def test_bad_config_is_one_line_exit_2_and_nothing_starts(capsys, shards, tmp_path, extra, expected):
     code, err = _train(capsys, shards, tmp_path / "run", *extra)

@@ -72,8 +72,9 @@ class Engine:
         self.clip = clip  # None: DeepSpeed clips; a max norm (0 = none): we do, see the module docstring
         self._grad_norm: torch.Tensor | None = None
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.ds(images.to(self.ds.device, self.dtype), texts.to(self.ds.device))
+    def forward(self, images: torch.Tensor, texts: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The model's named outputs; texts None (an image-only loss) leaves the text tower out."""
+        return self.ds(images.to(self.ds.device, self.dtype), None if texts is None else texts.to(self.ds.device))
 
     def backward(self, loss: torch.Tensor) -> None:
         # our per-micro-batch losses are summed, not averaged: no 1/gas factor (trainer/ds_config.py)

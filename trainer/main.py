@@ -26,7 +26,7 @@ from trainer.checkpoint import Checkpointer
 from trainer.data import build_stream, key_log
 from trainer.ds_config import deepspeed_config
 from trainer.loop import Trainer, train
-from trainer.loss import build_loss, model_kwargs
+from trainer.loss import build_loss, model_kwargs, trained_prefixes
 from trainer.metrics import build_sink
 
 log = logging.getLogger("trainer")
@@ -71,6 +71,7 @@ def run(cfg: TrainConfig, info: dist.DistInfo, manifest: Manifest, weights: str 
     engine.init_distributed(info.rank)
     torch.manual_seed(cfg.run.seed)
     built = model.build(cfg.model, weights, model_kwargs(cfg.loss))
+    model.freeze(built.module, trained_prefixes(cfg.loss))
     ds_dict = deepspeed_config(batch=cfg.batch, optim=cfg.optim, schedule=cfg.schedule, zero=cfg.deepspeed,
                                steps=cfg.run.steps, world_size=info.world_size, overrides=overrides)
     if info.is_main:
