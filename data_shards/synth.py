@@ -36,6 +36,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,7 +261,7 @@ def _lush(tile_y: int) -> float:
     return float(np.clip((5000 - tile_y) / 2500, 0.1, 0.95))
 
 
-def nuisance_plan(city: str, seed: int, tiles: list[Tile], level: str) -> list[TileNuisance | None]:
+def nuisance_plan(city: str, seed: int, tiles: list[Tile], level: str) -> Iterable[TileNuisance | None]:
     """Each tile's nuisance at `level` (None everywhere at `none`), from the city's own nuisance generator."""
     if level == "none":
         return [None] * len(tiles)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,12 +136,12 @@ def _palette(rng: np.random.Generator, strength: float) -> dict[Color, Color]:
     return out
 
 
-def _winter(tones: dict[Color, Color], w: float, rng: np.random.Generator) -> dict[Color, Color]:
-    """Crop strips `w` of the way to bare fields (one bare colour per crop colour)."""
+def _winter(tones: dict[Color, Color], w: float, bare: np.ndarray) -> dict[Color, Color]:
+    """Crop strips `w` of the way to bare fields (crop colour k towards BARE_FIELDS[bare[k]])."""
     out = dict(tones)
-    for base in FARM:
-        now, bare = out.get(base, base), BARE_FIELDS[int(rng.integers(len(BARE_FIELDS)))]
-        out[base] = tuple(int(round(a + w * (b - a))) for a, b in zip(now, bare))
+    for base, j in zip(FARM, bare):
+        now, target = out.get(base, base), BARE_FIELDS[int(j)]
+        out[base] = tuple(int(round(a + w * (b - a))) for a, b in zip(now, target))
     return out
 
 
@@ -154,35 +154,45 @@ def _sun(cfg: NuisanceConfig, turn: float, length: float) -> tuple[tuple[float, 
                                                                            TANK_LENGTH * scale * unit[1])
 
 
-def plan_city(cfg: NuisanceConfig, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
-              smooth: Callable[[], np.ndarray]) -> list[TileNuisance]:
-    """Each tile's nuisance (in the order of `x`, `y`): smooth acquisition fields plus a per-tile share.
+def _tile(cfg: NuisanceConfig, tones: dict[Color, Color], z: dict[str, float], u: dict[str, float],
+          extra: dict[str, np.ndarray]) -> TileNuisance:
+    """One tile's nuisance from its field values `z` (standard normal) and `u` (uniform) and its own draws."""
+    w = cfg.season * u["season"] ** 2  # most tiles in the growing season, some in deep winter
+    sun, tank = _sun(cfg, u["turn"], u["length"])
+    dark = 0.75 + 0.6 * u["shadow"]
+    look = Look(tones=_winter(tones, w, extra["bare"]), vegetation=(WINTER_TREES, 0.85 * w), sun=sun,
+                tank_shadow=tank, shadow=tuple(min(255, int(v * dark)) for v in SHADOW))
+    s_i, s_wb = cfg.illumination, cfg.white_balance
+    return TileNuisance(
+        look=look, brightness=math.exp(s_i * z["bright"]), contrast=math.exp(s_i * z["contrast"]),
+        gamma=math.exp(s_i * z["gamma"]), gains=(math.exp(s_wb * z["red"]), 1.0, math.exp(s_wb * z["blue"])),
+        haze=cfg.haze * u["haze"] ** 2, haze_colour=HAZE_COLOURS[int(extra["haze_colour"])],
+        cloud=cfg.cloud_cover * float(extra["cloud"]) if u["cloud"] > 1.0 - cfg.clouds else 0.0,
+        blur=cfg.blur * u["blur"], noise=cfg.noise * u["noise"],
+        quality=int(round(cfg.jpeg[0] + u["jpeg"] * (cfg.jpeg[1] - cfg.jpeg[0]))))
 
-    `smooth()` returns a fresh standardised smooth field over these tiles (drawn from the same generator)."""
+
+FIELDS = ("bright", "contrast", "gamma", "red", "blue", "season", "haze", "cloud", "turn", "length", "blur", "noise",
+          "jpeg", "shadow")
+
+
+def plan_city(cfg: NuisanceConfig, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
+              smooth: Callable[[], np.ndarray]) -> Iterator[TileNuisance]:
+    """Each tile's nuisance, in the order of `x`, `y`: smooth acquisition fields plus a per-tile share.
+
+    `smooth()` returns a fresh standardised smooth field over these tiles (drawn from `rng`). Every number is
+    drawn before the first tile is yielded; tiles are built one at a time (no per-tile state held for the city).
+    """
     n = len(x)
     district = _districts(rng, x, y, smooth, cfg.district_tiles)
     palettes = [_palette(rng, cfg.palette) for _ in range(district.max() + 1)]
-    names = ("bright", "contrast", "gamma", "red", "blue", "season", "haze", "cloud", "turn", "length", "blur",
-             "noise", "jpeg", "shadow")
-    z = {k: 0.8 * smooth() + 0.6 * rng.normal(0.0, 1.0, n) for k in names}
+    z = {k: 0.8 * smooth() + 0.6 * rng.normal(0.0, 1.0, n) for k in FIELDS}
     u = {k: _uniform(v) for k, v in z.items()}
-    out = []
+    extra = {"bare": rng.integers(len(BARE_FIELDS), size=(n, len(FARM))),
+             "haze_colour": rng.integers(len(HAZE_COLOURS), size=n), "cloud": rng.uniform(0.3, 1.0, n)}
     for i in range(n):
-        w = cfg.season * float(u["season"][i]) ** 2  # most tiles in the growing season, some in deep winter
-        sun, tank = _sun(cfg, float(u["turn"][i]), float(u["length"][i]))
-        dark = 0.75 + 0.6 * float(u["shadow"][i])
-        look = Look(tones=_winter(palettes[district[i]], w, rng), vegetation=(WINTER_TREES, 0.85 * w), sun=sun,
-                    tank_shadow=tank, shadow=tuple(min(255, int(v * dark)) for v in SHADOW))
-        s_i, s_wb = cfg.illumination, cfg.white_balance
-        out.append(TileNuisance(
-            look=look, brightness=math.exp(s_i * z["bright"][i]), contrast=math.exp(s_i * z["contrast"][i]),
-            gamma=math.exp(s_i * z["gamma"][i]),
-            gains=(math.exp(s_wb * z["red"][i]), 1.0, math.exp(s_wb * z["blue"][i])),
-            haze=cfg.haze * float(u["haze"][i]) ** 2, haze_colour=HAZE_COLOURS[int(rng.integers(len(HAZE_COLOURS)))],
-            cloud=cfg.cloud_cover * float(rng.uniform(0.3, 1.0)) if u["cloud"][i] > 1.0 - cfg.clouds else 0.0,
-            blur=cfg.blur * float(u["blur"][i]), noise=cfg.noise * float(u["noise"][i]),
-            quality=int(round(cfg.jpeg[0] + float(u["jpeg"][i]) * (cfg.jpeg[1] - cfg.jpeg[0])))))
-    return out
+        yield _tile(cfg, palettes[district[i]], {k: float(v[i]) for k, v in z.items()},
+                    {k: float(v[i]) for k, v in u.items()}, {k: v[i] for k, v in extra.items()})
 
 
 # ----------------------------------------------------------------------------- the pixels
