@@ -25,22 +25,13 @@ from data_shards.synth_nuisance import LEVELS
 from eval.baselines import ColorHistogram
 from eval.regression import probe_indicator
 from launcher.cli import main as cli_main
+from tests.test_synth import _tree_hashes
 
 CITY = "Nuisanceville"
 # sha256 over (path, file sha256) of a 12-tile, 32 px city (seed 5) drawn at level none: the original drawing as
 # of the commit that added the nuisance levels (Pillow 13.0.0, numpy 2.4.6). A Pillow or numpy upgrade that
 # changes drawing or JPEG bytes changes it too: then redraw with the drawer of that commit and update it.
 NONE_DIGEST = "be394169d1128ada6ad6d5c0a13b3a1c20a4f9fdfc4b56dfb212eacf797765b6"
-
-
-def _tree(root: str) -> dict[str, str]:
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def _digest(tree: dict[str, str]) -> str:
@@ -54,7 +45,7 @@ def small(tmp_path_factory) -> dict[str, dict[str, str]]:
     for level in LEVELS:
         out = str(tmp_path_factory.mktemp(f"small-{level}"))
         synthesize(out, CITY, 16, seed=3, size=32, progress=False, nuisance=level)
-        trees[level] = _tree(out)
+        trees[level] = _tree_hashes(out)
     return trees
 
 
@@ -62,12 +53,12 @@ def test_every_level_gives_the_same_bytes_for_the_same_arguments(small, tmp_path
     for level in LEVELS:
         again = str(tmp_path / level)
         synthesize(again, CITY, 16, seed=3, size=32, progress=False, nuisance=level)
-        assert _tree(again) == small[level], level
+        assert _tree_hashes(again) == small[level], level
 
 
 def test_none_is_the_original_drawing_byte_for_byte(tmp_path):
     synthesize(str(tmp_path), "Refton", 12, seed=5, size=32, progress=False, nuisance="none")
-    assert _digest(_tree(str(tmp_path))) == NONE_DIGEST, "level none no longer draws the original tiles"
+    assert _digest(_tree_hashes(str(tmp_path))) == NONE_DIGEST, "level none no longer draws the original tiles"
 
 
 def test_levels_change_pixels_only(small):
