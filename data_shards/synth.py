@@ -45,8 +45,8 @@ from tqdm import tqdm
 from configs.loader import ConfigError
 from data_shards.geo import baidu_tile_center
 from data_shards.synth_draw import LAND_USES, draw_tile
-from data_shards.synth_palette import NEUTRAL
 from data_shards.synth_nuisance import LEVELS, PRESETS, TileNuisance, degrade, jpeg, plan_city
+from data_shards.synth_palette import NEUTRAL
 from data_shards.synth_text import caption
 
 ZOOM = 16
