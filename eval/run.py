@@ -32,7 +32,7 @@ from data_shards.storage import join, url_to_fs
 from eval.baselines import ClipFeatures, ColorHistogram
 from eval.captioning import can_caption, caption_section, generate_captions
 from eval.checkpoints import CheckpointError, LoadedModel, fetch, load_model, local_workdir
-from eval.embed import SplitData, embed_split
+from eval.embed import SplitData, embed_splits
 from eval.probes import HEADLINE, URBANCLIP_SET, feature_sets, indicator_probes, transfer_probes
 from eval.report import write_report
 from eval.retrieval import retrieval, top_matches
@@ -79,13 +79,7 @@ def _embed_all(manifest: Manifest, folder: str, model: LoadedModel, cfg: EvalCon
     random = load_model(folder, weights=False, seed=cfg.seed)
     extractors = [ClipFeatures(model.module), ClipFeatures(random.module, prefix="random_"),
                   ColorHistogram(model.mean, model.std, cfg.color_bins)]
-    splits = {"train": embed_split(manifest, "train", extractors, model, cfg, max_rows=cfg.max_train_rows,
-                                   progress=progress)}
-    if any(s["split"] == "val" for s in manifest.shards):
-        splits["val"] = embed_split(manifest, "val", extractors, model, cfg, progress=progress)
-    splits["test"] = embed_split(manifest, "test", extractors, model, cfg, thumbs=cfg.retrieval.examples,
-                                 progress=progress)
-    return splits
+    return embed_splits(manifest, extractors, model, cfg, progress=progress)
 
 
 def _text_features(splits: dict[str, SplitData], cfg: EvalConfig) -> str:
