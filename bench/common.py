@@ -84,9 +84,9 @@ class Stopwatch:
         return seconds
 
 
-def prepare_shards(out: str, tiles: int, size: int, city: str = "Evalton") -> str:
-    """Synthetic city (seed 0) -> shards in out/shards, the city in out/synth (cached: reused when
-    manifest.json exists)."""
+def prepare_shards(out: str, tiles: int, size: int, city: str = "Evalton", nuisance: str = "none") -> str:
+    """Synthetic city (seed 0, `cityscale synth --nuisance` level, `none` = the look the recorded eval figures
+    were measured on) -> shards in out/shards, the city in out/synth (cached: reused when manifest.json exists)."""
     shards, synth = os.path.join(out, "shards"), os.path.join(out, "synth")
     if os.path.exists(os.path.join(shards, "manifest.json")):
         return shards
@@ -94,7 +94,8 @@ def prepare_shards(out: str, tiles: int, size: int, city: str = "Evalton") -> st
     print(f"bench: synthesising {tiles} tiles and building shards in {shards} ...", flush=True)
     logs = os.path.join(out, "logs")
     run_logged(CLI + ["synth", "--out", synth, "--city", city, "--tiles", str(tiles), "--seed", "0",
-                      "--size", str(size), "--no-progress"], os.path.join(logs, "synth.log"), env=thread_env(2))
+                      "--size", str(size), "--nuisance", nuisance, "--no-progress"], os.path.join(logs, "synth.log"),
+               env=thread_env(2))
     run_logged(CLI + ["shards", "build", "--captions", f"{synth}/captions/{city}_captions.json",
                       "--images", f"{synth}/images", "--indicators", f"{synth}/downstream_task/{city}.csv",
                       "--out", shards, "--image-size", str(size), "--no-progress"],

@@ -52,8 +52,9 @@ from configs.eval import EvalConfig  # noqa: E402
 from configs.loader import load  # noqa: E402
 from configs.train import ModelConfig  # noqa: E402
 from data_shards.reader import read_manifest  # noqa: E402
+from data_shards.run_layout import list_complete  # noqa: E402
 from eval.baselines import ClipFeatures, ColorHistogram  # noqa: E402
-from eval.checkpoints import fetch, list_complete, load_model, local_workdir  # noqa: E402
+from eval.checkpoints import fetch, load_model, local_workdir  # noqa: E402
 from eval.embed import embed_split  # noqa: E402
 from eval.memo import EvalMemo  # noqa: E402
 from eval.report_schema import gap_rows, margin_rows, probe_rows, recall  # noqa: E402

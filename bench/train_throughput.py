@@ -11,8 +11,8 @@ Contenders (same model JSON, global batch 64, bf16, AdamW, CLIP InfoNCE loss, gr
   variants run and the faster one is the ceiling: `autocast` (fp32 weights, bf16 autocast, as
   open_clip_train's `amp_bf16`) and `bf16-master` (bf16 weights, fp32 master weights and AdamW state, as
   DeepSpeed's bf16 mode that our trainer uses).
-- open_clip_train: `python -m open_clip_train.main`, single process (its only CPU mode, KNOWN_PITFALLS #8),
-  `--precision amp_bf16`, in its own venv (bench/peer_venv.sh; webdataset <= 0.2.86, KNOWN_PITFALLS #4). The
+- open_clip_train: `python -m open_clip_train.main`, single process (its only CPU mode, docs/pitfalls.md),
+  `--precision amp_bf16`, in its own venv (bench/peer_venv.sh; webdataset <= 0.2.86, docs/pitfalls.md). The
   model JSON reaches it through open_clip's `local-dir:` model schema. Its per-step `Batch (t)` is parsed.
 - cityscale x1 / x2: `cityscale train` with 1 rank (micro batch 64) and 2 ranks (micro batch 32 each, the same
   global batch of 64 and so the same negatives per step), rates from the time stamps in RUN/logs/train.jsonl;

@@ -47,6 +47,9 @@ class LoaderConfig:
         "anew every epoch; fixed_sentence = one sentence per tile for the whole run (UrbanCLIP's loader)",
         default="join")
     augment: AugmentConfig = doc("training augmentations", default=AugmentConfig())
+    views: int = doc("augmented views of each tile: 1 = images [B, 3, H, W]; V >= 2 = images [B, V, 3, H, W], "
+                     "each view an independent draw of the same augmentations (two-view losses such as "
+                     "loss.kind simclr; the trainer checks that this matches its loss)", default=1)
 
     def validate(self, path: str) -> None:
         def key(name: str) -> str:
@@ -58,6 +61,8 @@ class LoaderConfig:
             raise ConfigError(f"config key {key('workers')!r}: {self.workers} must be >= 0")
         if self.shuffle_buffer < 0:
             raise ConfigError(f"config key {key('shuffle_buffer')!r}: {self.shuffle_buffer} must be >= 0 (0 = off)")
+        if self.views < 1:
+            raise ConfigError(f"config key {key('views')!r}: {self.views} must be >= 1")
         self.augment.validate(key("augment"))
 
 

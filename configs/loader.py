@@ -19,7 +19,6 @@ import types
 from collections.abc import Callable
 from typing import Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin, get_type_hints
 
-import fsspec
 import yaml
 
 T = TypeVar("T")
@@ -37,11 +36,15 @@ def doc(help_text: str, **kwargs: Any) -> Any:
 # ----------------------------------------------------------------------------- reading
 
 def read_yaml(uri: str) -> dict[str, Any]:
-    """Read a YAML mapping from a local path or any fsspec URI."""
+    """Read a YAML mapping from a local path (or file:// URI). Config files are local like the code that reads
+    them (configs/ imports nothing of ours, so not the storage module); data and runs may live anywhere."""
+    if "://" in uri and not uri.startswith("file://"):
+        raise ConfigError(f"config file {uri!r}: config files are read from local disk; copy it to a local path "
+                          "(each node needs it at the same path)")
     try:
-        with fsspec.open(uri, "r") as f:
+        with open(uri.removeprefix("file://")) as f:
             data = yaml.safe_load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ConfigError(f"config file {uri!r} not found: pass an existing YAML file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {uri!r} is not valid YAML ({e.__class__.__name__}): fix its syntax") from None
@@ -192,6 +195,36 @@ def field_help(cls: type) -> dict[str, str]:
     return out
 
 
+FLAG_DEST = "config:"  # argparse dest prefix of options that set a config key (then the dotted key)
+
+
+def add_config_flags(parser: Any, cls: type, flags: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    """Command-line options for config keys: `flags` maps an option to (dotted key of `cls`, argparse kwargs).
+    The help text is the field's own doc (one place for it), and the option's value lands in the parsed
+    namespace under FLAG_DEST + key, None when not given, for `apply_flags`."""
+    helps = field_help(cls)
+    for flag, (key, kwargs) in flags.items():
+        named = {} if "choices" in kwargs else {"metavar": key.rsplit(".", 1)[-1].upper()}
+        parser.add_argument(flag, dest=FLAG_DEST + key, default=None, help=f"{helps[key]} [{key}]",
+                            **(named | kwargs))
+
+
+def apply_flags(data: dict[str, Any], namespace: Any) -> dict[str, Any]:
+    """Copy of `data` with each config option that was given (see add_config_flags) set at its dotted key."""
+    out = _deep_copy(data)
+    for dest, value in vars(namespace).items():
+        if not dest.startswith(FLAG_DEST) or value is None:
+            continue
+        *sections, name = dest.removeprefix(FLAG_DEST).split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {section!r} must be a section")
+        node[name] = value
+    return out
+
+
 def key_path(path: str, key: str) -> str:
     """`path.key`, or `key` at the top level: the dotted name a ConfigError shows."""
     return f"{path}.{key}" if path else key
@@ -220,4 +253,4 @@ def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["ConfigError", "doc", "load", "from_dict", "read_yaml", "apply_overrides", "to_dict", "dump_yaml",
-           "field_help", "key_path", "run_module"]
+           "field_help", "key_path", "run_module", "add_config_flags", "apply_flags", "FLAG_DEST"]

@@ -112,8 +112,10 @@ class ScheduleConfig:
 class LossConfig:
     """Contrastive objective over negatives gathered from all ranks (+ the captioning term of CoCa models)."""
 
-    kind: Literal["infonce", "siglip"] = doc("infonce (CLIP softmax) or siglip (pairwise sigmoid)",
-                                             default="infonce")
+    kind: Literal["infonce", "siglip", "simclr"] = doc(
+        "infonce (CLIP softmax), siglip (pairwise sigmoid) or simclr (image-only NT-Xent between two augmented "
+        "views of each tile, the 'does text help' control: trains the image tower only, needs data.views: 2)",
+        default="infonce")
     local_loss: bool = doc("infonce: B_local x B_global logits per rank (default); false = every rank computes "
                            "the full B_global x B_global matrix. siglip always uses the local form", default=True)
     logit_scale_max: float = doc("the loss uses the logit scale clamped to [1, this] (open_clip and UrbanCLIP clamp "
@@ -122,8 +124,16 @@ class LossConfig:
                                     default=1.0)
     caption_weight: float = doc("CoCa models: weight of the captioning cross-entropy of the text decoder "
                                 "(open_clip's caption_loss_weight)", default=1.0)
+    temperature: float = doc("simclr: fixed NT-Xent temperature tau (SimCLR's 0.5 for 32 px CIFAR-10, 0.1 for "
+                             "ImageNet at batch 4096; docs/methods/simclr-control.md)", default=0.5)
+
+    def views(self) -> int:
+        """Augmented views of each tile the loss needs from the loader (data.views)."""
+        return 2 if self.kind == "simclr" else 1
 
     def validate(self, path: str) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"config key {key_path(path, 'temperature')!r}: {self.temperature} must be > 0")
         if self.logit_scale_max != 0 and self.logit_scale_max < 1:
             raise ConfigError(f"config key {key_path(path, 'logit_scale_max')!r}: {self.logit_scale_max} must be 0 "
                               "(no clamp) or >= 1")
@@ -145,6 +155,10 @@ class DeepSpeedConfig:
         "weights, bf16 compute under torch.autocast: open_clip_train's amp_bf16) or fp32", default="bf16")
     overrides: str = doc("expert JSON/YAML file merged last into the generated DeepSpeed dict (batch keys are "
                          "refused: set batch.* instead)", default="")
+    accelerator: Literal["auto", "cuda", "cpu"] = doc(
+        "what the ranks run on: auto (DeepSpeed detects it on each target host: CUDA where there are GPUs, else "
+        "CPU ranks talking gloo), cuda or cpu (set DS_ACCELERATOR for every rank; `cityscale train "
+        "--accelerator` sets this)", default="auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +223,10 @@ class TrainConfig:
         if self.data.split != "train":
             raise ConfigError(f"config key {key_path(path, 'data.split')!r}: the trainer reads the 'train' split, "
                               f"got {self.data.split!r}")
+        if self.data.views != self.loss.views():
+            raise ConfigError(f"config key {key_path(path, 'data.views')!r}: loss.kind {self.loss.kind} takes "
+                              f"{self.loss.views()} view(s) of each tile, got {self.data.views}: set data.views: "
+                              f"{self.loss.views()}")
         if self.schedule.warmup_steps > self.run.steps:
             raise ConfigError(f"config key {key_path(path, 'schedule.warmup_steps')!r}: {self.schedule.warmup_steps} "
                               f"exceeds run.steps={self.run.steps}: lower it")

@@ -20,7 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from configs.loader import ConfigError, apply_overrides, field_help, from_dict, read_yaml, run_module
+from configs.loader import (FLAG_DEST, add_config_flags, apply_flags, apply_overrides, from_dict, read_yaml,
+                            run_module)
 from configs.shards import ShardsConfig
 from data_shards import ray_tasks
 from data_shards.format import MANIFEST_NAME, REPORT_NAME, SHARD_RE, TMP_PREFIX, city_slug, shard_name
@@ -190,7 +191,6 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def parser() -> argparse.ArgumentParser:
-    helps = field_help(ShardsConfig)
     p = argparse.ArgumentParser(
         prog="cityscale shards build",
         description="Build webdataset shards (train/val/test) from UrbanCLIP-layout data or a manifest, with Ray.\n"
@@ -207,25 +207,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="F", help="YAML file with the sections of configs/shards/default.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set split.ratios.val=0.2 (repeatable)")
-    for flag, (key, kwargs) in _FLAGS.items():
-        p.add_argument(flag, dest=key, default=None, help=f"{helps[key]} [{key}]", **kwargs)
-    p.add_argument("--no-progress", dest="report.progress", action="store_const", const=False, default=None,
-                   help="no progress bar and summary table [report.progress]")
+    add_config_flags(p, ShardsConfig, _FLAGS)
+    p.add_argument("--no-progress", dest=FLAG_DEST + "report.progress", action="store_const", const=False,
+                   default=None, help="no progress bar and summary table [report.progress]")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> ShardsConfig:
     """YAML <- --set overrides <- explicit options, validated (ConfigError names the key)."""
-    data = read_yaml(args.config) if args.config else {}
-    data = apply_overrides(data, args.set)
-    for key, value in vars(args).items():
-        if "." in key and value is not None:
-            section, name = key.split(".")
-            node = data.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"config key {section!r} must be a section")
-            node[name] = value
-    return from_dict(ShardsConfig, data)
+    data = apply_overrides(read_yaml(args.config) if args.config else {}, args.set)
+    return from_dict(ShardsConfig, apply_flags(data, args))
 
 
 def main(argv: list[str] | None = None) -> int:

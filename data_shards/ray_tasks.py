@@ -1,8 +1,8 @@
 """The Ray part of the shard builder: joining or starting Ray, and running one plain task per chunk.
 
-Plain Ray tasks rather than Ray Data (shared KNOWN_PITFALLS.md #6: Ray Data needs pyarrow for this, names files
-with uuids, caps no shard sizes and publishes nothing atomically). Each task reads its chunk's images itself
-through fsspec and writes its shard(s) to temporary names; results are small dicts. The driver hands every
+Plain Ray tasks rather than Ray Data (docs/pitfalls.md, "Ray Data for writing shards": Ray Data needs pyarrow
+for this, names files with uuids, caps no shard sizes and publishes nothing atomically). Each task reads its
+chunk's images itself through the storage module and writes its shard(s) to temporary names; results are small dicts. The driver hands every
 result to a callback that publishes it (and may ask for a chunk to be run again).
 
 Workers never wait for the driver. A build reserves `ray.num_workers` CPUs in a placement group, so at most

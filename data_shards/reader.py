@@ -2,13 +2,13 @@
 
 Each DataLoader worker runs one webdataset pipeline of small stages (shared STYLE.md habit 10):
 
-    shard list, shuffled with (seed, epoch, pass)       same order on every rank (KNOWN_PITFALLS #3)
+    shard list, shuffled with (seed, epoch, pass)       same order on every rank (docs/pitfalls.md)
     -> split by node (rank, world_size passed in)      then by worker: slot = rank + world_size * worker
     -> tarfile_to_samples(handler=our counter)          unreadable shards are counted, not fatal
-    -> only samples (drop webdataset's `{}` end-of-shard markers, KNOWN_PITFALLS #4)
+    -> only samples (drop webdataset's `{}` end-of-shard markers, docs/pitfalls.md)
     -> sample shuffle buffer, seeded with (seed, epoch, rank, worker, pass)
     -> skip the samples consumed before a resume (read, not decoded)
-    -> decode + transform + tokenize, skipping corrupt samples by reason (KNOWN_PITFALLS #5)
+    -> decode + transform + tokenize, skipping corrupt samples by reason (docs/pitfalls.md)
     -> batch, stop after this worker's share of `batches_per_epoch`
 
 Equal batches per rank. Training gives every rank exactly `batches_per_epoch = samples // (batch_size *
@@ -32,6 +32,13 @@ Caption policy (`LoaderConfig.caption`): the tokenized text is the shard's `txt`
 sentence of the json's `sentences`, chosen by a hash of (seed, key[, epoch]): the same on every rank and after
 a resume, redrawn each epoch (`random_sentence`) or fixed for the run (`fixed_sentence`, UrbanCLIP's loader).
 
+Views (`LoaderConfig.views`): with V >= 2 each decoded tile goes through the image transform V times, so a sample
+carries V independently augmented views ([V, 3, H, W], a batch [B, V, 3, H, W]) for two-view losses (SimCLR).
+The draws come one after the other from the worker's torch RNG, which the loader seeds per iteration from
+(seed, epoch, rank, batches_done) (with `workers: 0`, the main process's RNG, seeded by the trainer's run.seed):
+the views are reproducible for a seed and for a resumed position, as the single view is (a resumed run draws
+anew from its position; it does not replay the interrupted run's draws).
+
 Evaluation (`train=False`): shards in manifest order, no shuffle, no augmentation, no repetition, every sample
 exactly once across ranks; the last batch of a worker may be short.
 """
@@ -50,7 +57,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-import fsspec
 import PIL.Image
 import torch
 import webdataset as wds
@@ -60,6 +66,7 @@ from configs.data import LoaderConfig
 from configs.loader import ConfigError
 from data_shards import s3_gopen
 from data_shards.format import MANIFEST_NAME, SCHEMA_VERSION
+from data_shards.storage import read_bytes
 
 s3_gopen.register()  # at import time: spawned workers import this module when they unpickle the pipeline
 
@@ -97,8 +104,7 @@ def read_manifest(shards_uri: str) -> Manifest:
     uri = shards_uri.rstrip("/")
     path = f"{uri}/{MANIFEST_NAME}"
     try:
-        with fsspec.open(path, "r") as f:
-            raw = json.load(f)
+        raw = json.loads(read_bytes(path))
     except FileNotFoundError:
         raise ConfigError(f"no manifest at {path}: {BUILD_HINT} (it is written last, when a build is complete)"
                           ) from None
@@ -124,7 +130,7 @@ def _is_shard_entry(s: Any) -> bool:
 
 @dataclass
 class Batch:
-    images: torch.Tensor        # [B, 3, H, W] float32, as returned by image_transform
+    images: torch.Tensor        # [B, 3, H, W] float32 as returned by image_transform; [B, V, 3, H, W] with V views
     texts: torch.Tensor         # [B, L] int64 token ids
     keys: list[str]
     meta: list[dict] | None     # the sample json dicts, only with with_meta=True
@@ -158,6 +164,7 @@ class _Plan:
     remaining: tuple[int, ...] | None   # batches each logical worker still owes (None: until its data ends)
     with_meta: bool
     caption: str                        # LoaderConfig.caption: join | random_sentence | fixed_sentence
+    views: int                          # LoaderConfig.views: transformed views per tile
     image_transform: Callable[[PIL.Image.Image], torch.Tensor]
     tokenize: Callable[[str], torch.Tensor]
 
@@ -298,7 +305,14 @@ def _decode_sample(sample: dict, plan: _Plan) -> tuple | str:
     tokens = plan.tokenize(_caption(caption, meta, sample["__key__"], plan))
     if tokens.dim() != 1:
         raise TypeError(f"tokenize must return a 1-D LongTensor [L] for one caption, got shape {tuple(tokens.shape)}")
-    return sample["__key__"], plan.image_transform(image), tokens, meta
+    return sample["__key__"], _views(image, plan), tokens, meta
+
+
+def _views(image: PIL.Image.Image, plan: _Plan) -> torch.Tensor:
+    """The transformed tile ([3, H, W]), or `views` independent draws of the transform stacked ([V, 3, H, W])."""
+    if plan.views == 1:
+        return plan.image_transform(image)
+    return torch.stack([plan.image_transform(image) for _ in range(plan.views)])
 
 
 def _decode(src: Iterable[dict], plan: _Plan, stats: _Stats) -> Iterator[tuple]:
@@ -433,8 +447,8 @@ class ShardLoader:
                      epoch=self._epoch, seed=self.cfg.seed, train=self.train,
                      resampled=self.train and self.cfg.resampled, shuffle_buffer=self.cfg.shuffle_buffer,
                      batch_size=self.batch_size, offset=done, skip=tuple(self._consumed), remaining=remaining,
-                     with_meta=self.with_meta, caption=self.cfg.caption, image_transform=self._transform,
-                     tokenize=self._tokenize)
+                     with_meta=self.with_meta, caption=self.cfg.caption, views=self.cfg.views,
+                     image_transform=self._transform, tokenize=self._tokenize)
         stats = _Stats()
         return wds.DataPipeline(partial(_worker_samples, plan, stats), partial(_skip_consumed, plan=plan, stats=stats),
                                 partial(_decode, plan=plan, stats=stats), partial(_batches, plan=plan, stats=stats))

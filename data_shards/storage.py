@@ -1,4 +1,5 @@
-"""Object storage for the shard builder, through fsspec only: one code path for local folders and S3.
+"""Object storage for every service, and the only module that imports fsspec: one code path for local folders
+and S3, and one place to add endpoint options, caching or retries (tests/test_layering.py keeps it the only one).
 
 URIs are plain `str` (a `Path` would mangle `s3://`). S3 goes through s3fs with the endpoint taken from the
 standard `AWS_ENDPOINT_URL` (MinIO, Ceph, moto in tests, or real S3 when unset).
@@ -15,9 +16,11 @@ import json
 import os
 import uuid
 from collections import defaultdict
-from typing import Any
+from datetime import datetime
+from typing import IO, Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 from fsspec.utils import get_protocol
 
@@ -42,6 +45,46 @@ def _options(uri: str) -> dict[str, Any]:
     return opts
 
 
+def is_local(uri: str) -> bool:
+    """True for local paths and file:// URIs (renames are atomic there, appends are cheap)."""
+    return get_protocol(uri) == "file"
+
+
+def is_local_fs(fs: AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> Any:
+    """`fsspec.open(uri, mode)` with this module's endpoint options: a context manager giving a file object."""
+    return fsspec.open(uri, mode, **_options(uri), **kwargs)
+
+
+def open_stream(uri: str, mode: str = "rb", block_size: int | None = None) -> IO[bytes]:
+    """An open binary stream (the caller closes it): what webdataset's gopen handlers return."""
+    extra = {"default_block_size": block_size} if block_size and get_protocol(uri) in ("s3", "s3a") else {}
+    return fsspec.open(uri, mode, **_options(uri), **extra).open()
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object; FileNotFoundError when it does not exist."""
+    fs, path = url_to_fs(uri)
+    return fs.cat_file(path)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def exists(uri: str) -> bool:
+    fs, path = url_to_fs(uri)
+    return fs.exists(path)
+
+
+def write_text(uri: str, text: str) -> None:
+    """A small text file (config copy, target list), published atomically like every other small file."""
+    write_bytes_atomic(uri, text.encode("utf-8"))
+
+
 def absolute(uri: str) -> str:
     """Local paths made absolute (Ray workers may run elsewhere than the driver's cwd); URIs unchanged."""
     if get_protocol(uri) != "file" or not uri:
@@ -62,6 +105,14 @@ def tmp_name(final_name: str) -> str:
 def publish(fs: AbstractFileSystem, tmp_path: str, final_path: str) -> None:
     """Move a fully written temporary file to its final name (rename locally, copy + delete on S3)."""
     fs.mv(tmp_path, final_path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """One PUT of a whole object (atomic on object stores; locally readers may see a partial file)."""
+    fs, path = url_to_fs(uri)
+    if is_local_fs(fs):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, data)
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
@@ -138,6 +189,14 @@ def _info_one(fs: AbstractFileSystem, path: str) -> dict[str, Any] | None:
         return None
 
 
+def modified_time(info: dict[str, Any]) -> float | None:
+    """Modification time (epoch seconds) from an fsspec info dict: `mtime` locally, `LastModified` on S3."""
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value) if value is not None else None
+
+
 def file_stat(info: dict[str, Any]) -> dict[str, Any]:
     """{"size", "version"} of an fsspec info dict: what a shard fingerprint records instead of the bytes."""
     version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
@@ -160,6 +219,7 @@ def read_many(uris: list[str]) -> list[bytes | Exception]:
     return out
 
 
-__all__ = ["url_to_fs", "absolute", "join", "tmp_name", "publish", "write_bytes_atomic",
+__all__ = ["url_to_fs", "is_local", "is_local_fs", "open_uri", "open_stream", "read_bytes", "read_text", "exists",
+           "write_text", "write_bytes", "absolute", "join", "tmp_name", "publish", "write_bytes_atomic",
            "write_json_atomic", "sha256_file", "list_folder", "makedirs", "remove", "stat_many", "file_stat",
-           "read_many"]
+           "modified_time", "read_many"]

@@ -17,8 +17,13 @@ residential share x density, carbon from industry and density, GDP from commerci
 quirks: zeros, and the toolkit's GDP fill value 10000.0. The picture (`synth_draw`) and the caption
 (`synth_text`) follow the same mix.
 
+Nuisance (`synth_nuisance`, level `none`, `realistic` or `hard`): district palettes, season, sun, haze and
+clouds, sensor blur, noise, response and JPEG quality vary per tile. It changes pixels only: the truth table,
+indicators, POI counts and captions are the same at every level; `none` is the original drawing.
+
 Determinism: the city-level generator is seeded from (seed, city); each tile's from (seed, city, x, y), so tiles
-could be drawn in parallel. JPEGs carry no metadata, so the same arguments give byte-identical files.
+could be drawn in parallel; the nuisance draws from its own generators, (seed, city, 2) for the city's fields
+and (seed, city, x, y, 2) per tile. JPEGs carry no metadata, so the same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +45,8 @@ from tqdm import tqdm
 from configs.loader import ConfigError
 from data_shards.geo import baidu_tile_center
 from data_shards.synth_draw import LAND_USES, draw_tile
+from data_shards.synth_nuisance import LEVELS, PRESETS, TileNuisance, degrade, jpeg, plan_city
+from data_shards.synth_palette import NEUTRAL
 from data_shards.synth_text import caption
 
 ZOOM = 16
@@ -187,7 +194,9 @@ def poi_counts(tile: Tile, rng: np.random.Generator) -> list[int]:
 
 # ----------------------------------------------------------------------------- writing
 
-def _check_args(out: str, city: str, tiles: int, seed: int, size: int) -> None:
+def _check_args(out: str, city: str, tiles: int, seed: int, size: int, nuisance: str) -> None:
+    if nuisance not in LEVELS:
+        raise ConfigError(f"--nuisance {nuisance!r}: use one of {', '.join(LEVELS)}")
     if "://" in out:
         raise ConfigError(f"--out {out!r}: synth writes a local folder; pass a path (upload it afterwards)")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", city):
@@ -252,22 +261,40 @@ def _lush(tile_y: int) -> float:
     return float(np.clip((5000 - tile_y) / 2500, 0.1, 0.95))
 
 
-def synthesize(out: str, city: str, tiles: int, seed: int, size: int = 256, progress: bool = True) -> dict:
+def nuisance_plan(city: str, seed: int, tiles: list[Tile], level: str) -> Iterable[TileNuisance | None]:
+    """Each tile's nuisance at `level` (None everywhere at `none`), from the city's own nuisance generator."""
+    if level == "none":
+        return [None] * len(tiles)
+    rng = np.random.default_rng([seed, _city_key(city), 2])
+    x, y = (np.array([getattr(t, k) for t in tiles], dtype=float) for k in ("x", "y"))
+    return plan_city(PRESETS[level], rng, x, y, lambda: _field(rng, x, y))
+
+
+def _tile_jpeg(city: str, seed: int, tile: Tile, img, nuisance: TileNuisance | None) -> bytes:
+    if nuisance is None:
+        return jpeg(img, JPEG_QUALITY)
+    rng = np.random.default_rng([seed, _city_key(city), tile.x, tile.y, 2])
+    return jpeg(degrade(img, nuisance, rng), nuisance.quality)
+
+
+def synthesize(out: str, city: str, tiles: int, seed: int, size: int = 256, progress: bool = True,
+               nuisance: str = "realistic") -> dict:
     """Write a synthetic city into `out` (UrbanCLIP layout + poi/ + truth/) and return a summary."""
-    _check_args(out, city, tiles, seed, size)
+    _check_args(out, city, tiles, seed, size, nuisance)
     paths = _prepare(out, city)
     start, cpu_start = time.perf_counter(), time.process_time()
     city_tiles = latent_city(city, tiles, seed)
     values = observed_indicators(city, seed, city_tiles)
     lush = _lush(int(np.median([t.y for t in city_tiles])))
+    plan = nuisance_plan(city, seed, city_tiles, nuisance)
     entries, poi_rows, sentence_counts, words = [], [], [], []
-    for tile in tqdm(city_tiles, desc=f"synth {city}", unit=" tiles", disable=not progress):
+    for tile, tile_nuisance in tqdm(zip(city_tiles, plan), total=tiles, desc=f"synth {city}", unit=" tiles",
+                                    disable=not progress):
         rng = np.random.default_rng([seed, _city_key(city), tile.x, tile.y])
-        img, scene = draw_tile(tile.mix, tile.density, lush, rng, size)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=JPEG_QUALITY)
+        look = tile_nuisance.look if tile_nuisance else NEUTRAL
+        img, scene = draw_tile(tile.mix, tile.density, lush, rng, size, look)
         with open(os.path.join(paths["images"], tile.image), "wb") as f:
-            f.write(buf.getvalue())
+            f.write(_tile_jpeg(city, seed, tile, img, tile_nuisance))
         sentences = caption(scene, tile.density, rng)
         entries += [{"caption": s, "image": f"{city}/{tile.image}"} for s in sentences]
         sentence_counts.append(len(sentences))
@@ -281,7 +308,7 @@ def synthesize(out: str, city: str, tiles: int, seed: int, size: int = 256, prog
     _write_csv(paths["truth"], TRUTH_HEADER, [_truth_row(city, t) for t in city_tiles])
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     dominant = [LAND_USES[int(np.argmax(t.mix))] for t in city_tiles]
-    return {"city": city, "tiles": tiles, "size": size, "seed": seed, "paths": paths,
+    return {"city": city, "tiles": tiles, "size": size, "seed": seed, "nuisance": nuisance, "paths": paths,
             "sentences": int(sum(sentence_counts)), "mean_sentences": float(np.mean(sentence_counts)),
             "mean_words": float(np.mean(words)),
             "dominant": {k: dominant.count(k) for k in LAND_USES},
@@ -308,14 +335,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="number of tiles, laid out on a near-square grid")
     p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed (non-negative integer)")
     p.add_argument("--size", type=int, default=256, metavar="PX", help="tile width and height in px (default: 256)")
+    p.add_argument("--nuisance", choices=LEVELS, default="realistic",
+                   help="what varies besides content (pixels only; truth, indicators and captions are the same at "
+                        "every level): none = one palette per land use, sun from the upper left (the original "
+                        "drawing); realistic (default) = per-district roof/paving/road/water/crop palettes, season "
+                        "(winter trees and bare fields), sun azimuth and shadow length, haze, some clouds, sensor "
+                        "blur, noise, brightness/contrast/gamma/white balance, JPEG quality 45-90; hard = the same, "
+                        "stronger (any sun azimuth, more clouds and haze, JPEG 25-80)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    summary = synthesize(args.out, args.city, args.tiles, args.seed, args.size, progress=not args.no_progress)
-    print(f"synth: {summary['tiles']} tiles of {args.city} ({summary['size']} px) in {summary['seconds']} s "
+    summary = synthesize(args.out, args.city, args.tiles, args.seed, args.size, progress=not args.no_progress,
+                         nuisance=args.nuisance)
+    print(f"synth: {summary['tiles']} tiles of {args.city} ({summary['size']} px, nuisance {args.nuisance}) "
+          f"in {summary['seconds']} s "
           f"({summary['tiles_per_second']} tiles/s; {summary['cpu_tiles_per_second']} per CPU second), "
           f"{summary['sentences']} caption sentences "
           f"({summary['mean_sentences']:.2f} per tile, {summary['mean_words']:.0f} words)")

@@ -11,6 +11,10 @@ is built so that the latent mix drives it directly:
    pond) and main roads (bridges) go on top;
 4. a low-frequency haze and fine sensor noise finish it; JPEG encoding happens in `synth.py`.
 
+A `Look` (`synth_palette`) says how the tile's materials appear: base colours remapped (district roofs,
+paving and roads, crops by season), vegetation tinted by season, shadow offsets from the sun. It never changes
+what is drawn where; `NEUTRAL` is the original drawing (data_shards/synth_nuisance.py builds the others).
+
 Building coverage in residential blocks grows with density, and population is driven by residential share x
 density, so a model can learn population from the image. Geometry is written for a 256 px design canvas and
 scaled; smaller outputs are drawn at 256 px and box-downsampled so thin features survive as tones.
@@ -24,18 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from data_shards.synth_palette import (CONCRETE, FARM, NEUTRAL, PAVEMENT, ROAD, ROOFS_HALL, ROOFS_HOUSE, ROOFS_SLAB,
+                                       ROOFS_TOWER, SOIL, STREET_DIRT, STREET_PAVED, WATER_DRY, WATER_LUSH, YARD,
+                                       Box, Color, Look)
+
 LAND_USES = ("residential", "commercial", "industrial", "green", "water", "farmland", "bare")
 DESIGN = 256  # design canvas in px; all geometry constants below are in these units
-
-Color = tuple[int, int, int]
-Box = tuple[float, float, float, float]
-
-ROOFS_HOUSE: tuple[Color, ...] = ((168, 92, 74), (150, 150, 148), (96, 124, 164), (206, 202, 192), (120, 112, 104))
-ROOFS_SLAB: tuple[Color, ...] = ((196, 192, 184), (176, 120, 100), (214, 210, 204), (150, 156, 162))
-ROOFS_TOWER: tuple[Color, ...] = ((222, 224, 226), (118, 150, 178), (178, 182, 186), (96, 132, 136))
-ROOFS_HALL: tuple[Color, ...] = ((96, 132, 178), (218, 220, 222), (168, 172, 176), (132, 168, 196))
-FARM: tuple[Color, ...] = ((112, 128, 70), (146, 136, 96), (128, 112, 84), (92, 116, 64), (160, 150, 110))
-SHADOW: Color = (46, 48, 50)
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,23 @@ class Scene:
 class _Canvas:
     """A PIL drawing surface addressed in design units, with the tile's random generator."""
 
-    def __init__(self, size: int, ground: Color, rng: np.random.Generator):
+    def __init__(self, size: int, ground: Color, rng: np.random.Generator, look: Look):
         self.k = size / DESIGN
-        self.img = Image.new("RGB", (size, size), ground)
+        self.look = look
+        self.img = Image.new("RGB", (size, size), self.tone(ground))
         self.draw = ImageDraw.Draw(self.img)
         self.rng = rng
+
+    def tone(self, color: Color) -> Color:
+        """A base colour as this tile's look shows it (unchanged when the look does not remap it)."""
+        return self.look.tones.get(color, color)
+
+    def veg(self, color: Color) -> Color:
+        """A vegetation colour blended towards the season's target."""
+        if self.look.vegetation is None:
+            return color
+        target, w = self.look.vegetation
+        return tuple(int(a + (b - a) * w) for a, b in zip(color, target))
 
     def rect(self, box: Box, fill: Color) -> None:
         k = self.k
@@ -102,9 +112,9 @@ class _Canvas:
         return tuple(min(255, max(0, int(v + d + t))) for v, t in zip(color, tint))
 
     def building(self, box: Box, roof: Color, height: float) -> None:
-        """Shadow first (sun from the upper left), then the roof; longer shadows mean taller buildings."""
-        dx, dy = 0.55 * height, 0.4 * height
-        self.rect((box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy), SHADOW)
+        """Shadow first (offset away from the sun), then the roof; longer shadows mean taller buildings."""
+        dx, dy = self.look.sun[0] * height, self.look.sun[1] * height
+        self.rect((box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy), self.look.shadow)
         self.rect(box, roof)
 
 
@@ -112,7 +122,7 @@ class _Canvas:
 
 def _residential(c: _Canvas, box: Box, dens: float, lush: float) -> int:
     x0, y0, x1, y1 = box
-    c.rect(box, c.jit((146, 142, 132), 8))
+    c.rect(box, c.jit(c.tone(YARD), 8))
     if dens > 0.42 and c.rng.random() < 0.75 and min(x1 - x0, y1 - y0) > 24:
         return _slabs(c, box, dens)
     return _houses(c, box, dens, lush)
@@ -121,7 +131,7 @@ def _residential(c: _Canvas, box: Box, dens: float, lush: float) -> int:
 def _slabs(c: _Canvas, box: Box, dens: float) -> int:
     """Apartment estate: parallel rows of long slabs of one roof colour, gaps shrinking with density."""
     x0, y0, x1, y1 = box
-    roof = c.jit(ROOFS_SLAB[c.rng.integers(len(ROOFS_SLAB))], 8)
+    roof = c.jit(c.tone(ROOFS_SLAB[c.rng.integers(len(ROOFS_SLAB))]), 8)
     depth, gap = c.rng.uniform(6.0, 9.0), 15.0 - 9.0 * dens
     height = 3.0 + 11.0 * dens * c.rng.uniform(0.7, 1.2)
     n, y = 0, y0 + 3.0
@@ -149,19 +159,19 @@ def _houses(c: _Canvas, box: Box, dens: float, lush: float) -> int:
     kinds = c.rng.integers(len(ROOFS_HOUSE), size=n)
     for i in range(n):
         c.building((xs[i], ys[i], min(xs[i] + ws[i], x1), min(ys[i] + hs[i], y1)),
-                   ROOFS_HOUSE[kinds[i]], 1.5 + 2.0 * dens)
+                   c.tone(ROOFS_HOUSE[kinds[i]]), 1.5 + 2.0 * dens)
     return n
 
 
 def _commercial(c: _Canvas, box: Box, dens: float, lush: float) -> int:
     """Towers with long shadows on light pavement, plus a parking lot of car-coloured dots."""
     x0, y0, x1, y1 = box
-    c.rect(box, c.jit((168, 166, 160), 8))
+    c.rect(box, c.jit(c.tone(PAVEMENT), 8))
     n = 0
     for _ in range(int(c.rng.integers(1, 4)) + int(dens * 3)):
         w, h = c.rng.uniform(12.0, 40.0), c.rng.uniform(12.0, 40.0)
         bx, by = c.at(x0 + 2, x1 - w), c.at(y0 + 2, y1 - h)
-        roof = c.jit(ROOFS_TOWER[c.rng.integers(len(ROOFS_TOWER))], 8)
+        roof = c.jit(c.tone(ROOFS_TOWER[c.rng.integers(len(ROOFS_TOWER))]), 8)
         c.building((bx, by, min(bx + w, x1 - 1), min(by + h, y1 - 1)), roof, 6.0 + 20.0 * dens * c.rng.random())
         n += 1
     if c.rng.random() < 0.5:
@@ -175,13 +185,13 @@ def _commercial(c: _Canvas, box: Box, dens: float, lush: float) -> int:
 def _industrial(c: _Canvas, box: Box, dens: float, lush: float) -> int:
     """Large low halls with ridge lines, storage tanks and parked trucks on concrete."""
     x0, y0, x1, y1 = box
-    c.rect(box, c.jit((158, 152, 140), 8))
+    c.rect(box, c.jit(c.tone(CONCRETE), 8))
     n = 0
     for _ in range(int(c.rng.integers(1, 4))):
         w, h = c.rng.uniform(24.0, 80.0), c.rng.uniform(16.0, 50.0)
         bx, by = c.at(x0 + 2, x1 - w), c.at(y0 + 2, y1 - h)
         bx1, by1 = min(bx + w, x1 - 2), min(by + h, y1 - 2)
-        roof = c.jit(ROOFS_HALL[c.rng.integers(len(ROOFS_HALL))], 6)
+        roof = c.jit(c.tone(ROOFS_HALL[c.rng.integers(len(ROOFS_HALL))]), 6)
         c.building((bx, by, bx1, by1), roof, 3.0)
         c.line([(bx, (by + by1) / 2), (bx1, (by + by1) / 2)], tuple(min(255, v + 22) for v in roof), 1.0)
         n += 1
@@ -200,14 +210,15 @@ def _tanks(c: _Canvas, box: Box) -> int:
     cx, cy = c.rng.uniform(x0 + r, x1 - 3 * r), c.rng.uniform(y0 + r, y1 - 3 * r)
     for i in range(count):
         px, py = cx + (i % 3) * 2.3 * r, cy + (i // 3) * 2.3 * r
-        c.ellipse((px - r + 1.5, py - r + 1.5, px + r + 1.5, py + r + 1.5), SHADOW)
+        sx, sy = c.look.tank_shadow
+        c.ellipse((px - r + sx, py - r + sy, px + r + sx, py + r + sy), c.look.shadow)
         c.ellipse((px - r, py - r, px + r, py + r), c.jit((222, 222, 218), 6), outline=(120, 120, 120))
     return count
 
 
 def _green(c: _Canvas, lush: float, dark: bool = False) -> Color:
     base = np.array((64, 96, 52)) * lush + np.array((96, 100, 70)) * (1 - lush)
-    return c.jit(tuple(int(v) for v in base * (0.8 if dark else 1.0)), 12)
+    return c.jit(c.veg(tuple(int(v) for v in base * (0.8 if dark else 1.0))), 12)
 
 
 def _park(c: _Canvas, box: Box, dens: float, lush: float) -> int:
@@ -237,7 +248,7 @@ def _farmland(c: _Canvas, box: Box, dens: float, lush: float) -> int:
     pos, end = (x0, x1) if vertical else (y0, y1)
     while pos < end:
         w = c.rng.uniform(5.0, 16.0)
-        color = c.jit(FARM[c.rng.integers(len(FARM))], 8)
+        color = c.jit(c.tone(FARM[c.rng.integers(len(FARM))]), 8)
         c.rect((pos, y0, min(pos + w, x1), y1) if vertical else (x0, pos, x1, min(pos + w, y1)), color)
         pos += w + 0.8
     return 0
@@ -246,7 +257,7 @@ def _farmland(c: _Canvas, box: Box, dens: float, lush: float) -> int:
 def _bare(c: _Canvas, box: Box, dens: float, lush: float) -> int:
     """Tan and brown soil with blotches and, sometimes, a dirt track."""
     x0, y0, x1, y1 = box
-    c.rect(box, c.jit((150, 128, 100), 10))
+    c.rect(box, c.jit(c.tone(SOIL), 10))
     for _ in range(int(c.rng.integers(3, 9))):
         rx, ry = c.rng.uniform(4.0, 24.0, 2)
         cx, cy = c.rng.uniform(x0, x1), c.rng.uniform(y0, y1)
@@ -290,7 +301,7 @@ def _water(c: _Canvas, share: float, lush: float) -> str | None:
     """A river band, a lake or a pond covering about `share` of the tile."""
     if share < 0.04:
         return None
-    color = c.jit((58, 82, 76) if lush > 0.5 else (72, 86, 98), 6)
+    color = c.jit(c.tone(WATER_LUSH if lush > 0.5 else WATER_DRY), 6)
     area = share * DESIGN * DESIGN
     if share > 0.12 and c.rng.random() < 0.5:
         a, b = c.rng.uniform(0, DESIGN, 2)
@@ -317,7 +328,7 @@ def _main_road(c: _Canvas, dens: float) -> str | None:
              "crossing": [[(0, at[0]), (DESIGN, at[0])], [(at[1], 0), (at[1], DESIGN)]],
              "diagonal": [[(0, at[0]), (DESIGN, at[1])]]}[kind]
     for pts in lines:
-        c.line(pts, c.jit((104, 106, 108), 6), width)
+        c.line(pts, c.jit(c.tone(ROAD), 6), width)
         c.line(pts, (190, 188, 170), 0.8)
     return kind
 
@@ -355,13 +366,14 @@ def _drawn_area(kinds: list[str], blocks: list[Box], water_share: float) -> dict
 
 
 def draw_tile(mix: np.ndarray, density: float, lush: float, rng: np.random.Generator,
-              size: int) -> tuple[Image.Image, Scene]:
+              size: int, look: Look = NEUTRAL) -> tuple[Image.Image, Scene]:
     """Draw a tile whose content follows `mix` (shares over LAND_USES) and `density` (0..1).
 
-    `lush` (0..1) picks the vegetation and water palette of the city (dry northern winter vs green south).
+    `lush` (0..1) picks the vegetation and water palette of the city (dry northern winter vs green south);
+    `look` only changes colours and shadow offsets, never what is drawn where.
     """
     canvas = max(size, DESIGN)
-    c = _Canvas(canvas, (120, 120, 116) if density > 0.3 else (150, 136, 108), rng)  # paved or dirt streets
+    c = _Canvas(canvas, STREET_PAVED if density > 0.3 else STREET_DIRT, rng, look)  # paved or dirt streets
     spacing = 112.0 - 80.0 * density
     blocks = _blocks(rng, spacing, street=2.0 + 2.5 * density)
     land = mix[[LAND_USES.index(k) for k in LAND_USES if k != "water"]]

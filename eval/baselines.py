@@ -28,8 +28,8 @@ import torch
 from configs.eval import BaselinesConfig
 from configs.loader import ConfigError
 from data_shards.storage import join, url_to_fs
-from eval.checkpoints import (EXPORT_CONFIG, CheckpointError, CheckpointRef, LoadedModel, list_complete,
-                               ref_from_uri)
+from data_shards.run_layout import EXPORT_CONFIG, CheckpointRef, list_complete, ref_from_uri
+from eval.checkpoints import CheckpointError, LoadedModel
 from eval.memo import EvalMemo
 from eval.report_schema import CheckpointSource
 from eval.text_encoder import SentenceEncoder, default_encoder_path
@@ -120,5 +120,5 @@ def caption_features(sentences: list[list[str]], encoder: SentenceEncoder, progr
     return encoder.embed_groups([s or [""] for s in sentences], progress)
 
 
-__all__ = ["ClipFeatures", "ColorHistogram", "denormalise", "check_twin", "twin_checkpoint", "twin_source", "same_preprocessing",
-           "sentence_encoder", "caption_features"]
+__all__ = ["ClipFeatures", "ColorHistogram", "denormalise", "check_twin", "twin_checkpoint", "twin_source",
+           "same_preprocessing", "sentence_encoder", "caption_features"]

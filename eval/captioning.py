@@ -33,14 +33,15 @@ from tqdm import tqdm
 
 from configs.data import AugmentConfig, LoaderConfig
 from configs.eval import CaptionConfig
-from configs.loader import ConfigError, from_dict, key_path, run_module, to_dict
+from configs.loader import ConfigError, add_config_flags, apply_flags, from_dict, key_path, run_module, to_dict
 from data_shards.augment import tile_transform
 from data_shards.reader import Manifest, ShardLoader, read_manifest
+from data_shards.run_layout import ref_from_uri
 from data_shards.storage import write_bytes_atomic
 from data_shards.tokenize import CaptionTokenizer
 from eval.baselines import denormalise
 from eval.caption_metrics import METRICS, caption_scores
-from eval.checkpoints import CheckpointError, LoadedModel, fetch, load_model, local_workdir, ref_from_uri
+from eval.checkpoints import CheckpointError, LoadedModel, fetch, load_model, local_workdir
 from eval.embed import spread_shards
 from eval.land_use import mention_rate, read_truth
 
@@ -170,18 +171,21 @@ def csv_bytes(rows: list[CaptionRow]) -> bytes:
 
 # ----------------------------------------------------------------------------- command line
 
+# option -> (CaptionConfig field, argparse kwargs); help texts and defaults come from the config's own fields
+_FLAGS = {"--top-p": ("top_p", {"type": float}), "--max-len": ("max_len", {"type": int}),
+          "--beam": ("beam", {"type": int}), "--max-tiles": ("max_tiles", {"type": int, "metavar": "N"}),
+          "--seed": ("seed", {"type": int}), "--batch-size": ("batch_size", {"type": int})}
+# `cityscale caption` captions the whole split unless --max-tiles caps it (the report's default caps at 200)
+_COMMAND_DEFAULTS = {"max_tiles": 0}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cityscale caption", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="exported CoCa checkpoint folder (local or s3://)")
     p.add_argument("--shards", required=True, help="shard folder holding manifest.json")
     p.add_argument("--out", required=True, help="CSV to write (local or s3://): key,image,generated,references")
     p.add_argument("--split", default="test", help="split to caption (default test)")
-    p.add_argument("--top-p", type=float, default=0.1, help="nucleus sampling top_p (UrbanCLIP: 0.1)")
-    p.add_argument("--max-len", type=int, default=30, help="caption length in tokens (open_clip's seq_len)")
-    p.add_argument("--beam", type=int, default=0, help="0 = top_p sampling; N = beam search with N beams")
-    p.add_argument("--max-tiles", type=int, default=0, help="cap on tiles captioned (0 = the whole split)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same captions)")
-    p.add_argument("--batch-size", type=int, default=32, help="tiles per generation batch")
+    add_config_flags(p, CaptionConfig, _FLAGS)
     p.add_argument("--workers", type=int, default=1, help="reader DataLoader workers (0 = decode here)")
     p.add_argument("--land-use-truth", default=None, metavar="CSV",
                    help="a synthetic city's truth/{City}.csv: also report how often captions name the tile's "
@@ -199,8 +203,7 @@ def _print_land_use(rows: list[CaptionRow], truth_uri: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = from_dict(CaptionConfig, {"max_tiles": args.max_tiles, "top_p": args.top_p, "max_len": args.max_len,
-                                    "beam": args.beam, "seed": args.seed, "batch_size": args.batch_size})
+    cfg = from_dict(CaptionConfig, apply_flags(_COMMAND_DEFAULTS, args))
     manifest = read_manifest(args.shards)
     manifest.split_shards(args.split)  # ConfigError naming the split when it has no shards
     ref = ref_from_uri(args.checkpoint)

@@ -1,16 +1,5 @@
-"""Published checkpoints as the eval workers see them: the run layout, listing, and loading the exported model.
-
-The layout is defined here, once, and the trainer writes it (eval may not import the trainer, so the constants
-live on the reading side):
-
-    RUN/checkpoints/step_{N}/open_clip_config.json       {"model_cfg": ..., "preprocess_cfg": ...}
-    RUN/checkpoints/step_{N}/open_clip_model.safetensors the weights (fp32)
-    RUN/checkpoints/step_{N}/COMPLETE                    written once every file above is in place
-    RUN/checkpoints/latest                               the newest complete folder name, written after COMPLETE
-
-A checkpoint counts as published when its COMPLETE marker exists; folders without it (being written, or
-`.tmp-` staging folders) are never listed. The publish time is the marker's modification time on the storage,
-which is what the publish-to-report lag is measured from.
+"""Loading a published checkpoint's exported model for the eval workers. The run layout (folder and marker
+names, listing complete checkpoints) is the trainer's and eval's shared contract in data_shards/run_layout.py.
 
 Loading copies the two exported files to a local temporary folder (works the same for local runs and `s3://`,
 and a checkpoint pruned by the trainer mid-eval no longer matters), then builds the model with open_clip's own
@@ -23,94 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import open_clip
 import torch
 
-from data_shards.storage import join, url_to_fs
-
-CHECKPOINTS_DIR = "checkpoints"
-LATEST = "latest"
-COMPLETE = "COMPLETE"
-EXPORT_CONFIG = "open_clip_config.json"
-EXPORT_WEIGHTS = "open_clip_model.safetensors"
-STEP_PREFIX = "step_"
-_NAME_RE = re.compile(rf"^{STEP_PREFIX}(\d+)$")
+from data_shards.run_layout import EXPORT_CONFIG, EXPORT_WEIGHTS, CheckpointRef
+from data_shards.storage import url_to_fs
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be evaluated; the message is the reason written into its failed report."""
-
-
-def checkpoint_name(step: int) -> str:
-    """`step_{N}`: the folder name of the checkpoint published after optimizer step N."""
-    return f"{STEP_PREFIX}{step}"
-
-
-def step_of(name: str) -> int | None:
-    """N for `step_N`, else None (staging folders, `latest`, anything else)."""
-    m = _NAME_RE.match(name)
-    return int(m.group(1)) if m else None
-
-
-@dataclass(frozen=True)
-class CheckpointRef:
-    """One published checkpoint: folder name, URI, step, and when its COMPLETE marker appeared (epoch s)."""
-
-    name: str
-    uri: str
-    step: int | None
-    published_at: float | None
-
-
-def modified_time(info: dict[str, Any]) -> float | None:
-    """Modification time (epoch seconds) from an fsspec info dict: `mtime` locally, `LastModified` on S3."""
-    value = info.get("mtime", info.get("LastModified"))
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return float(value) if value is not None else None
-
-
-def _marker_time(fs: Any, folder: str) -> float | None:
-    try:
-        return modified_time(fs.info(f"{folder}/{COMPLETE}"))
-    except FileNotFoundError:
-        return None
-
-
-def list_complete(run_uri: str) -> list[CheckpointRef]:
-    """Published checkpoints of a run, by step; an absent checkpoints folder is an empty list."""
-    root = join(run_uri, CHECKPOINTS_DIR)
-    fs, path = url_to_fs(root)
-    try:
-        entries = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return []
-    refs = []
-    for entry in entries:
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        step = step_of(name)
-        if step is None:
-            continue
-        published = _marker_time(fs, f"{path}/{name}")
-        if published is not None:
-            refs.append(CheckpointRef(name=name, uri=join(root, name), step=step, published_at=published))
-    return sorted(refs, key=lambda r: r.step)
-
-
-def ref_from_uri(checkpoint_uri: str) -> CheckpointRef:
-    """A CheckpointRef for any checkpoint folder (`cityscale eval run`); it need not live in a run layout."""
-    uri = checkpoint_uri.rstrip("/")
-    fs, path = url_to_fs(uri)
-    name = uri.rsplit("/", 1)[-1]
-    return CheckpointRef(name=name, uri=uri, step=step_of(name), published_at=_marker_time(fs, path))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -190,6 +106,4 @@ def local_workdir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="cityscale-eval-")
 
 
-__all__ = ["CHECKPOINTS_DIR", "LATEST", "COMPLETE", "EXPORT_CONFIG", "EXPORT_WEIGHTS", "STEP_PREFIX",
-           "CheckpointError", "CheckpointRef", "LoadedModel", "checkpoint_name", "step_of", "modified_time",
-           "list_complete", "ref_from_uri", "fetch", "load_model", "local_workdir"]
+__all__ = ["CheckpointError", "LoadedModel", "fetch", "load_model", "local_workdir"]

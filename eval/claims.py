@@ -33,8 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from data_shards.storage import join, url_to_fs
-from eval.checkpoints import modified_time
+from data_shards.storage import join, modified_time, url_to_fs
 
 LEASE_RE = re.compile(r"^lease-(\d{6})\.json$")
 

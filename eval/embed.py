@@ -110,4 +110,17 @@ def embed_split(manifest: Manifest, split: str, extractors: list[Extractor], mod
     return data
 
 
-__all__ = ["SplitData", "spread_shards", "embed_split"]
+def embed_splits(manifest: Manifest, extractors: list[Extractor], model: LoadedModel, cfg: EvalConfig, *,
+                 progress: bool = True) -> dict[str, SplitData]:
+    """train (capped at `cfg.max_train_rows`), val (when the shards have one) and test (with the retrieval
+    examples' thumbnails), each streamed once through every extractor, as a report embeds them."""
+    splits = {"train": embed_split(manifest, "train", extractors, model, cfg, max_rows=cfg.max_train_rows,
+                                   progress=progress)}
+    if any(s["split"] == "val" for s in manifest.shards):
+        splits["val"] = embed_split(manifest, "val", extractors, model, cfg, progress=progress)
+    splits["test"] = embed_split(manifest, "test", extractors, model, cfg, thumbs=cfg.retrieval.examples,
+                                 progress=progress)
+    return splits
+
+
+__all__ = ["SplitData", "spread_shards", "embed_split", "embed_splits"]

@@ -15,13 +15,14 @@ industrial, not also as a park.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections import Counter
 
-import fsspec
 import numpy as np
 
 from data_shards.format import sample_key
+from data_shards.storage import read_text
 from data_shards.synth_text import AREA_WORDS, THINGS
 
 ZOOM = 16
@@ -50,8 +51,7 @@ def mentioned(caption: str) -> set[str]:
 
 def read_truth(uri: str) -> dict[str, str]:
     """Sample key -> dominant land use, from a synthetic city's truth CSV (local path or URL)."""
-    with fsspec.open(uri, "r") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(read_text(uri))))
     return {sample_key(row["satellite_img_name"].split("/", 1)[0], ZOOM, int(row["x"]), int(row["y"])):
             row["dominant"] for row in rows}
 

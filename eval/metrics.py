@@ -6,46 +6,22 @@ report; eval duration; reports by status. Each worker serves its own registry on
 endpoint), so several workers in one host use port + i. What a report holds is read through the helpers of
 eval/report_schema.py.
 
-The JSONL log lives next to the reports, one file per worker (`RUN/eval/log/{worker}.jsonl`): one writer per
-file, so appending needs no coordination on S3 (where an append is a read and a rewrite of the object).
+The JSONL log lives next to the reports, one log per worker (`RUN/eval/log/{worker}.jsonl`), written by the
+project's one JSONL writer (data_shards/jsonl_log.py: one small object per record on object stores, no rewrite).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from data_shards.storage import join, url_to_fs
+from data_shards.jsonl_log import JsonlLog
+from data_shards.run_layout import EVAL_DIR
+from data_shards.storage import join
 from eval.report_schema import Report, gap_rows, is_ok, margin_rows, probe_rows, recall_rows
-
-
-class JsonlLog:
-    """Append-only JSON lines at a local path or object URI (single writer)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.fs, self.path = url_to_fs(uri)
-        self.local = isinstance(self.fs, LocalFileSystem)
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, default=str) + "\n").encode()
-        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-        if self.local:
-            with self.fs.open(self.path, "ab") as f:
-                f.write(line)
-            return
-        old = self.fs.cat_file(self.path) if self.fs.exists(self.path) else b""
-        self.fs.pipe_file(self.path, old + line)
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.fs.exists(self.path):
-            return []
-        return [json.loads(line) for line in self.fs.cat_file(self.path).decode().splitlines() if line.strip()]
 
 
 def r2_rows(report: Report) -> Iterator[tuple[str, str, str, str, float]]:
@@ -113,12 +89,13 @@ class EvalMetrics:
         self.event(event="report", **s)
 
     def close(self) -> None:
+        self.log.close()
         if self.server is not None:
             self.server.shutdown()
 
 
 def log_uri(run_uri: str, worker_id: str) -> str:
-    return join(run_uri, "eval", "log", f"{worker_id}.jsonl")
+    return join(run_uri, EVAL_DIR, "log", f"{worker_id}.jsonl")
 
 
-__all__ = ["EvalMetrics", "JsonlLog", "summary", "r2_rows", "recall_rows", "log_uri"]
+__all__ = ["EvalMetrics", "summary", "r2_rows", "recall_rows", "log_uri"]

@@ -41,9 +41,9 @@ Features = Callable[[SplitData], np.ndarray]
 Part = tuple[SplitData | None, np.ndarray]  # a split and some of its rows
 
 
-def feature_sets(text_key: str, present: Collection[str]) -> dict[str, Features]:
-    """Name -> how to read that feature matrix from a split; optional baselines only when embedded (`present`
-    holds the feature names of the splits)."""
+def feature_sets(text_key: str, present: Collection[str] = ()) -> dict[str, Features]:
+    """Name -> how to read that feature matrix from a split; the SimCLR and caption baselines only when embedded
+    (`present` holds the feature names of the splits)."""
     sets: dict[str, Features] = {
         HEADLINE: lambda d: d.features["image"],
         TEXT: lambda d: d.features[text_key],

@@ -17,11 +17,9 @@ import hashlib
 
 from configs.loader import ConfigError, read_yaml
 from data_shards.reader import Manifest, read_manifest
+from data_shards.run_layout import CHECKPOINTS_DIR, CONFIG_FILE
 from data_shards.storage import join
-from eval.checkpoints import CHECKPOINTS_DIR
 from eval.report_schema import TrainingData
-
-RUN_CONFIG = "config.yaml"  # RUN/config.yaml: the resolved TrainConfig (trainer/main.py writes it)
 
 
 def data_fingerprint(manifest: Manifest) -> str:
@@ -43,11 +41,11 @@ def training_data(checkpoint_uri: str) -> TrainingData | None:
     if run is None:
         return None
     try:
-        shards = (read_yaml(join(run, RUN_CONFIG)).get("run") or {}).get("shards") or ""
+        shards = (read_yaml(join(run, CONFIG_FILE)).get("run") or {}).get("shards") or ""
     except ConfigError:
-        return {"shards": "", "note": f"no readable {RUN_CONFIG} in the run folder {run}"}
+        return {"shards": "", "note": f"no readable {CONFIG_FILE} in the run folder {run}"}
     if not shards:
-        return {"shards": "", "note": f"{run}/{RUN_CONFIG} names no run.shards"}
+        return {"shards": "", "note": f"{run}/{CONFIG_FILE} names no run.shards"}
     try:
         manifest = read_manifest(shards)
     except (ConfigError, OSError) as e:
@@ -69,4 +67,4 @@ def provenance_note(trained: TrainingData | None, probed: Manifest, probed_finge
             "on their test split")
 
 
-__all__ = ["RUN_CONFIG", "data_fingerprint", "run_of", "training_data", "provenance_note"]
+__all__ = ["data_fingerprint", "run_of", "training_data", "provenance_note"]

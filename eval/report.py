@@ -20,12 +20,12 @@ from html import escape
 
 import numpy as np
 
+from data_shards.run_layout import EVAL_DIR
 from data_shards.storage import join, url_to_fs, write_bytes_atomic
 from eval.figures import residual_map, scatter, thumbnail_png, trend
 from eval.report_schema import (FEATURE_SETS_ORDER, HEADLINE, RANDOM_INIT, Baselines, Report, SplitGap,
                                 best_baseline, indicators, is_ok, mean_r2, probe_rows, recall)
 
-EVAL_DIR = "eval"
 REPORT_JSON, REPORT_HTML, INDEX_HTML, TREND_PNG = "report.json", "report.html", "index.html", "trend.png"
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}

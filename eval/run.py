@@ -31,14 +31,14 @@ from configs.eval import EvalConfig, urbanclip_probe
 from configs.loader import load, run_module, to_dict
 from data_shards.format import REPORT_NAME, caption_text
 from data_shards.reader import Manifest, read_manifest
+from data_shards.run_layout import CheckpointRef, ref_from_uri
 from data_shards.storage import join, url_to_fs
 from eval.baselines import (ClipFeatures, ColorHistogram, caption_features, check_twin, same_preprocessing,
                             sentence_encoder, twin_checkpoint, twin_source)
 from eval.captioning import can_caption, caption_section, generate_captions
-from eval.checkpoints import (CheckpointError, CheckpointRef, LoadedModel, fetch, load_model, local_workdir,
-                               ref_from_uri)
+from eval.checkpoints import CheckpointError, LoadedModel, fetch, load_model, local_workdir
 from eval.comparisons import margins, split_gap
-from eval.embed import SplitData, embed_split
+from eval.embed import SplitData, embed_splits
 from eval.memo import EvalMemo
 from eval.probes import feature_sets, indicator_probes, resplit_probes, transfer_probes
 from eval.provenance import data_fingerprint, provenance_note, training_data
@@ -110,13 +110,7 @@ def _embed_all(manifest: Manifest, folder: str, model: LoadedModel, twin: Loaded
                   ColorHistogram(model.mean, model.std, cfg.color_bins)]
     if twin is not None:
         extractors.append(ClipFeatures(twin.module, prefix="simclr_", text=False))
-    splits = {"train": embed_split(manifest, "train", extractors, model, cfg, max_rows=cfg.max_train_rows,
-                                   progress=progress)}
-    if any(s["split"] == "val" for s in manifest.shards):
-        splits["val"] = embed_split(manifest, "val", extractors, model, cfg, progress=progress)
-    splits["test"] = embed_split(manifest, "test", extractors, model, cfg, thumbs=cfg.retrieval.examples,
-                                 progress=progress)
-    return splits
+    return embed_splits(manifest, extractors, model, cfg, progress=progress)
 
 
 def _sentence_features(splits: dict[str, SplitData], key: str, path: str, cfg: EvalConfig, memo: EvalMemo | None,

@@ -32,7 +32,7 @@ from configs.eval import WorkerConfig
 from configs.loader import ConfigError, load, run_module
 from data_shards.reader import read_manifest
 from data_shards.storage import join
-from eval.checkpoints import CheckpointRef, list_complete
+from data_shards.run_layout import CheckpointRef, list_complete
 from eval.claims import Claims, Heartbeat, Lease, LeaseLost, claims_root
 from eval.metrics import EvalMetrics, log_uri
 from eval.report import EVAL_DIR, has_report, write_index, write_report

@@ -26,11 +26,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import fsspec
-
 from configs.loader import ConfigError
 from configs.train import load_train_config
-from eval.checkpoints import list_complete
+from data_shards.jsonl_log import read_jsonl
+from data_shards.run_layout import list_complete, train_log_uri
 from eval.report import EVAL_DIR, has_report, read_json, report_uri
 from eval.report_schema import COLOR_HIST, HEADLINE, RANDOM_INIT, Report, margin_rows, mlp_r2, probe_rows, recall
 
@@ -169,8 +168,7 @@ def wait_for_reports(run: str, watcher: subprocess.Popen, timeout: float = 600.0
 
 def throughput(run: str) -> dict[str, float]:
     """Mean samples/s of rank 0 over the second half of training, and the whole-job figure (x ranks)."""
-    with fsspec.open(f"{run}/logs/train.jsonl", "r") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(train_log_uri(run))
     rates = [r["samples_per_second"] for r in rows if "samples_per_second" in r]
     tail = rates[len(rates) // 2:] or rates
     per_rank = sum(tail) / max(1, len(tail))

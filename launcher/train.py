@@ -15,10 +15,13 @@ MASTER_ADDR / MASTER_PORT from the environment are passed on (see cluster/deepsp
 node agrees on the rendezvous. Hosts that do not resolve and local metrics ports already in use are reported
 before anything starts.
 
-On a machine without CUDA the ranks are CPU processes talking gloo: DeepSpeed's CPU accelerator is chosen
-with DS_ACCELERATOR=cpu; its launcher sizes the local pool from the accelerator's device count and
-`--num_gpus N` trims (or widens) it to N ranks, so the same flag gives N CPU ranks. OMP_NUM_THREADS is set to
-cores / ranks so the ranks do not oversubscribe the cores. The launcher also writes the Prometheus file_sd
+What the ranks run on is decided on the target hosts, not here (a CPU login node may launch GPU hosts):
+`--accelerator auto` (the default, config key deepspeed.accelerator) sets nothing and DeepSpeed detects CUDA
+on each host, falling back to its CPU accelerator (ranks talking gloo) where there is none; `cuda` or `cpu`
+sets DS_ACCELERATOR for every rank (through a DeepSpeed environment file for --hostfile runs, which DeepSpeed's
+pdsh runner exports on every node). DeepSpeed's launcher sizes the local pool from the accelerator's device
+count and `--num_gpus N` trims (or widens) it to N ranks, so the same flag gives N CPU ranks. For runs on this
+machine OMP_NUM_THREADS is set to cores / ranks so the ranks do not oversubscribe the cores. The launcher also writes the Prometheus file_sd
 target list of the ranks' endpoints to RUN/prometheus_targets.json. `--dry-run` prints the command, the
 resolved config and the generated DeepSpeed config, and exits.
 """
@@ -33,14 +36,14 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import fsspec
-import torch
 
 from configs.loader import ConfigError, dump_yaml, read_yaml
 from configs.train import TrainConfig, load_train_config
 from trainer import preflight
+from data_shards.storage import join, write_text
 from trainer.ds_config import deepspeed_config
 
 TARGETS_FILE = "prometheus_targets.json"
@@ -57,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hostfile", help="DeepSpeed hostfile (`host slots=N` lines) for several machines")
     p.add_argument("--num-nodes", type=int, help="with --hostfile: use the first N hosts (default: all)")
     p.add_argument("--gpus-per-node", type=int, help="with --hostfile: ranks per node (default: each host's slots)")
+    p.add_argument("--accelerator", choices=("auto", "cuda", "cpu"),
+                   help="what the ranks run on (deepspeed.accelerator; default auto: detected on each target host)")
     p.add_argument("--dry-run", action="store_true", help="print command and configs, start nothing")
     return p
 
@@ -138,12 +143,32 @@ def build_command(args: argparse.Namespace, overrides: list[str]) -> list[str]:
             "--config", config, *sets]
 
 
-def launch_env(nproc: int) -> dict[str, str]:
-    """Environment additions for the ranks (CPU accelerator and thread count on machines without CUDA)."""
-    if torch.cuda.is_available():
+def launch_env(accelerator: str, nproc: int, hostfile: bool) -> dict[str, str]:
+    """Environment additions for the deepspeed launcher and the ranks it starts on this machine: the accelerator
+    when one is named (auto: none, DeepSpeed detects it on the target), and for local runs a thread count that
+    does not oversubscribe the cores."""
+    env = {} if accelerator == "auto" else {"DS_ACCELERATOR": accelerator}
+    if not hostfile:
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
+def deepspeed_env_file(env: dict[str, str], folder: str) -> dict[str, str]:
+    """For --hostfile runs with a named accelerator: a DeepSpeed environment file holding the user's own
+    (`.deepspeed_env` in the working folder or home, as DeepSpeed looks them up) plus DS_ACCELERATOR, which the
+    pdsh runner exports on every node. Returns the launcher's environment additions (DS_ENV_FILE)."""
+    if "DS_ACCELERATOR" not in env:
         return {}
-    return {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": os.environ.get(
-        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    name = os.environ.get("DS_ENV_FILE", ".deepspeed_env")
+    lines = []
+    for base in (os.path.expanduser("~"), "."):
+        path = os.path.join(base, name)
+        if os.path.isfile(path):
+            lines += [ln for ln in Path(path).read_text().splitlines() if ln.strip()
+                      and not ln.startswith("DS_ACCELERATOR=")]
+    out = os.path.join(folder, "deepspeed_env")
+    Path(out).write_text("\n".join([*lines, f"DS_ACCELERATOR={env['DS_ACCELERATOR']}"]) + "\n")
+    return {"DS_ENV_FILE": os.path.abspath(out)}
 
 
 def prometheus_targets(cfg: TrainConfig, hosts: list[tuple[str, int]]) -> list[dict]:
@@ -158,9 +183,7 @@ def prometheus_targets(cfg: TrainConfig, hosts: list[tuple[str, int]]) -> list[d
 
 
 def _write_targets(cfg: TrainConfig, hosts: list[tuple[str, int]]) -> None:
-    fs, path = fsspec.core.url_to_fs(cfg.run.dir.rstrip("/"))
-    fs.makedirs(path, exist_ok=True)
-    fs.pipe_file(f"{path}/{TARGETS_FILE}", json.dumps(prometheus_targets(cfg, hosts), indent=1).encode())
+    write_text(join(cfg.run.dir, TARGETS_FILE), json.dumps(prometheus_targets(cfg, hosts), indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--nproc {args.nproc}: must be >= 1")
     overrides = [*args.set, f"run.shards={args.shards}", f"run.dir={args.run}"]
     overrides += [f"run.steps={args.steps}"] if args.steps is not None else []
+    overrides += [f"deepspeed.accelerator={args.accelerator}"] if args.accelerator else []
     cfg = load_train_config(args.config, overrides)
     if (args.num_nodes or args.gpus_per_node) and not args.hostfile:
         raise ConfigError("--num-nodes/--gpus-per-node need --hostfile (cluster/deepspeed/hostfile.example); "
@@ -180,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ds_dict = deepspeed_config(batch=cfg.batch, optim=cfg.optim, schedule=cfg.schedule, zero=cfg.deepspeed,
                                steps=cfg.run.steps, world_size=world_size,
                                overrides=read_yaml(cfg.deepspeed.overrides) if cfg.deepspeed.overrides else None)
-    command, env = build_command(args, overrides), launch_env(args.nproc)
+    command = build_command(args, overrides)
+    env = launch_env(cfg.deepspeed.accelerator, args.nproc, bool(args.hostfile))
     if args.dry_run:
         print("# command\n" + " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(command))
         print("# resolved config\n" + dump_yaml(cfg) + "# deepspeed config\n" + json.dumps(ds_dict, indent=1))
@@ -191,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         check_ports_free(cfg.metrics.host, [cfg.metrics.port_base + r for r in range(world_size)])
     if cfg.metrics.port_base:
         _write_targets(cfg, hosts)
-    return subprocess.run(command, env={**os.environ, **env}, check=False).returncode
+    with tempfile.TemporaryDirectory(prefix="cityscale-launch-") as folder:
+        if args.hostfile:
+            env |= deepspeed_env_file(env, folder)
+        return subprocess.run(command, env={**os.environ, **env}, check=False).returncode
 
 
-__all__ = ["main", "build_command", "launch_env", "prometheus_targets", "hostfile_ranks", "select_hosts"]
+__all__ = ["main", "build_command", "launch_env", "deepspeed_env_file", "prometheus_targets", "hostfile_ranks", "select_hosts"]

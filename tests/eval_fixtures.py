@@ -13,10 +13,10 @@ import torch
 
 from configs.train import ModelConfig
 from data_shards import build
+from data_shards.jsonl_log import PARTS_SUFFIX, read_jsonl
+from data_shards.run_layout import CHECKPOINTS_DIR, COMPLETE, EXPORT_CONFIG, checkpoint_name
 from data_shards.storage import url_to_fs
 from data_shards.synth import synthesize
-from eval.checkpoints import CHECKPOINTS_DIR, COMPLETE, EXPORT_CONFIG, checkpoint_name
-from eval.metrics import JsonlLog
 from trainer import model as trainer_model
 
 TINY_MODEL = "cityscale-nano-32"
@@ -75,7 +75,8 @@ def log_events(run: str) -> list[dict]:
         names = fs.ls(root, detail=False)
     except FileNotFoundError:
         return []
-    return [e for n in sorted(names) for e in JsonlLog(f"{run.rstrip('/')}/eval/log/{n.rsplit('/', 1)[-1]}").read()]
+    logs = sorted({n.rsplit("/", 1)[-1].removesuffix(PARTS_SUFFIX) for n in names})
+    return [e for n in logs for e in read_jsonl(f"{run.rstrip('/')}/eval/log/{n}")]
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 0.5) -> None:

@@ -15,9 +15,10 @@ import torch
 from configs.eval import BaselinesConfig, EvalConfig, WorkerConfig
 from configs.loader import ConfigError, load
 from data_shards.reader import Manifest
+from data_shards.run_layout import list_complete, ref_from_uri
+from data_shards.storage import modified_time
 from eval.baselines import ColorHistogram
-from eval.checkpoints import (CheckpointError, fetch, list_complete, load_model, local_workdir, modified_time,
-                              ref_from_uri)
+from eval.checkpoints import CheckpointError, fetch, load_model, local_workdir
 from eval.claims import Claims, Heartbeat, LeaseLost
 from eval.embed import SplitData, spread_shards
 from eval.metrics import EvalMetrics

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from data_shards.storage import url_to_fs
-from eval.checkpoints import list_complete
+from data_shards.run_layout import list_complete
 from eval.report_schema import problems
 from tests.eval_fixtures import FAST, log_events, mark_complete, synthetic_shards, wait_for, write_checkpoint
 

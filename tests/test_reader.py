@@ -1,5 +1,6 @@
 """Tests of the shard reader (data_shards/reader.py): coverage of an epoch across ranks and workers, equal batches
-per rank, determinism, exact resume, corrupt samples, s3:// on a real S3 API server, evaluation mode, bad input.
+per rank, determinism, exact resume, corrupt samples, s3:// on a real S3 API server, evaluation mode, bad input,
+two augmented views per tile.
 
 Two ranks are two loaders built in one process (rank and world size are passed in, nothing is read from the
 environment); workers are real DataLoader worker processes.
@@ -7,10 +8,12 @@ environment); workers are real DataLoader worker processes.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections import Counter
 
+import PIL.Image
 import pytest
 import torch
 
@@ -244,7 +247,7 @@ def test_split_without_shards_and_too_few_samples_are_config_errors(tmp_path):
 @pytest.mark.parametrize("data,key", [({"workers": -1}, "loader.workers"), ({"split": "dev"}, "loader.split"),
                                       ({"augment": {"random_resized_crop_scale": [0.9, 0.5]}},
                                        "loader.augment.random_resized_crop_scale"),
-                                      ({"shuffle_bufer": 3}, "loader.shuffle_bufer")])
+                                      ({"shuffle_bufer": 3}, "loader.shuffle_bufer"), ({"views": 0}, "loader.views")])
 def test_loader_config_errors_name_the_dotted_key(data, key):
     with pytest.raises(ConfigError, match=key):
         from_dict(LoaderConfig, data, "loader")
@@ -281,3 +284,51 @@ def test_caption_policy_join_fixed_or_redrawn_each_epoch(tmp_path, policy):
         assert len(picked) == 4 and changed == 0  # one sentence per tile, different tiles, never redrawn
     else:
         assert len(picked) == 4 and changed >= 12  # redrawn every epoch (3 in 4 change on average)
+
+
+# ----------------------------------------------------------------------------- two views (SimCLR)
+
+def _textured_folder(root) -> None:
+    """24 tiles of seeded noise: any two different crops or orientations of a tile differ in their pixels."""
+    g = torch.Generator().manual_seed(0)
+    samples = make_samples(24, size=24)
+    for sample in samples:
+        pixels = torch.randint(0, 256, (24, 24, 3), generator=g, dtype=torch.uint8).numpy()
+        buf = io.BytesIO()
+        PIL.Image.fromarray(pixels).save(buf, "JPEG", quality=95)
+        sample["jpg"] = buf.getvalue()
+    write_shard_folder(root, {"train": into_shards(samples, [6] * 4)})
+
+
+def _two_view_epoch(folder, state: dict | None = None) -> list[tuple[list[str], torch.Tensor]]:
+    loader = loaders(folder, world_size=1, batch_size=4, views=2)[0]
+    if state is not None:
+        loader.load_state_dict(state)
+    return [(b.keys, b.images) for b in loader]
+
+
+def _same(a: list[tuple[list[str], torch.Tensor]], b: list[tuple[list[str], torch.Tensor]]) -> bool:
+    return [k for k, _ in a] == [k for k, _ in b] and all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b))
+
+
+def test_two_views_differ_and_are_deterministic_for_a_seed_and_a_resumed_position(tmp_path):
+    _textured_folder(tmp_path)
+    first, again = _two_view_epoch(tmp_path), _two_view_epoch(tmp_path)
+    assert len(first) == 6 and all(images.shape == (4, 2, 3, 16, 16) for _, images in first)
+    assert _same(first, again)  # same seeds, same views
+    assert all(not torch.equal(images[i, 0], images[i, 1]) for _, images in first for i in range(4))
+    loader = loaders(tmp_path, world_size=1, batch_size=4, views=2)[0]
+    for done, _ in enumerate(loader, start=1):
+        if done == 2:
+            break
+    state = json.loads(json.dumps(loader.state_dict()))  # what a checkpoint stores
+    resumed, resumed_again = _two_view_epoch(tmp_path, state), _two_view_epoch(tmp_path, state)
+    assert [k for k, _ in resumed] == [k for k, _ in first][2:]
+    assert _same(resumed, resumed_again)
+
+
+def test_two_views_share_the_pipeline_so_evaluation_views_are_equal(tmp_path):
+    _textured_folder(tmp_path)
+    batch = next(iter(loaders(tmp_path, world_size=1, batch_size=4, train=False, views=2)[0]))
+    single = next(iter(loaders(tmp_path, world_size=1, batch_size=4, train=False)[0]))
+    assert torch.equal(batch.images[:, 0], batch.images[:, 1]) and torch.equal(batch.images[:, 0], single.images)

@@ -31,7 +31,7 @@ from tests.shards_layout import CITY, make_toolkit, manifest_rows, noise_jpeg, w
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-REAL = Path("/work/shared/data/urbanclip_toolkit")
+REAL = ROOT.parent / "shared" / "data" / "urbanclip_toolkit"  # beside the checkout; never copied into it
 RATIOS = "split.ratios={train: 0.6, val: 0.2, test: 0.2}"
 
 
@@ -302,7 +302,8 @@ def test_synthetic_city_end_to_end(tmp_path, ray_local):
         assert meta["image_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
 
 
-@pytest.mark.skipif(not REAL.exists(), reason="the shared UrbanCLIP toolkit sample is not on this machine")
+@pytest.mark.skipif(not REAL.exists(), reason="the UrbanCLIP toolkit sample is not beside this checkout "
+                    "(../shared/data/urbanclip_toolkit): the real-data build is not run")
 def test_real_toolkit_sample_reads_correctly(tmp_path, ray_local):
     out = tmp_path / "out"
     assert build.main(["--captions", str(REAL / "Beijing_captions.json"), "--images", str(REAL / "images"),

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from configs.loader import ConfigError
+from configs.loader import ConfigError, to_dict
 from configs.train import BatchConfig, TrainConfig, load_train_config
 from launcher import cli
-from launcher.train import hostfile_ranks, prometheus_targets
+from launcher.train import deepspeed_env_file, hostfile_ranks, launch_env, prometheus_targets
 from tests.shard_fixtures import into_shards, make_samples, write_shard_folder
 from trainer.ds_config import deepspeed_config
 from trainer.preflight import model_names
@@ -45,6 +45,16 @@ def test_every_shipped_train_config_loads(path):
     cfg = load_train_config(str(path))
     assert cfg.model.name in model_names()
     cfg.batch.check(1)
+
+
+def test_simclr_recipe_is_the_tiny_recipe_with_only_its_loss_and_views():
+    """The image-only control must differ from the CLIP recipe in nothing but the objective."""
+    tiny, twin = (to_dict(load_train_config(str(ROOT / f"configs/train/{name}.yaml")))
+                  for name in ("tiny-cpu", "simclr-tiny-cpu"))
+    assert (twin["loss"]["kind"], twin["data"]["views"], tiny["data"]["views"]) == ("simclr", 2, 1)
+    for cfg in (tiny, twin):
+        del cfg["loss"]["kind"], cfg["loss"]["temperature"], cfg["data"]["views"]
+    assert twin == tiny
 
 
 def test_our_model_configs_are_known_to_open_clip():
@@ -132,6 +142,10 @@ def _train(capsys, shards: str, run: Path, *extra: str) -> tuple[int, str]:
     (["--set", "loss.caption_weight=-1"], "config key 'loss.caption_weight': -1.0 must be >= 0"),
     (["--set", "loss.logit_scale_max=0.5"], "config key 'loss.logit_scale_max': 0.5 must be 0 (no clamp) or >= 1"),
     (["--set", "data.caption=first"], "config key 'data.caption'"),
+    (["--set", "loss.kind=simclr"], "config key 'data.views': loss.kind simclr takes 2 view(s) of each tile, got 1"),
+    (["--set", "data.views=2"], "config key 'data.views': loss.kind infonce takes 1 view(s) of each tile, got 2"),
+    (["--set", "loss.kind=simclr", "--set", "data.views=2", "--set", "loss.temperature=0"],
+     "config key 'loss.temperature': 0.0 must be > 0"),
 ])
 def test_bad_config_is_one_line_exit_2_and_nothing_starts(capsys, shards, tmp_path, extra, expected):
     code, err = _train(capsys, shards, tmp_path / "run", *extra)
@@ -180,11 +194,42 @@ def test_dry_run_prints_command_config_and_deepspeed_dict(capsys, shards, tmp_pa
     assert code == 0 and not run.exists()
     command = out.split("# resolved config")[0]
     assert "deepspeed --num_gpus 2 --master_port" in command and "--module trainer.main" in command
-    assert "--no_local_rank" in command and "DS_ACCELERATOR=cpu" in command and "--set run.steps=7" in command
+    assert "--no_local_rank" in command and "--set run.steps=7" in command
+    assert "DS_ACCELERATOR" not in command, "auto: the accelerator is detected on the target, not on the launcher"
     resolved = yaml.safe_load(out.split("# resolved config")[1].split("# deepspeed config")[0])
     assert resolved["run"] == {"shards": shards, "dir": str(run), "steps": 7, "seed": 0}
     ds = json.loads(out.split("# deepspeed config")[1])
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == 2
+
+
+def test_accelerator_flag_reaches_the_ranks_env_and_the_config(capsys, shards, tmp_path):
+    code = cli.main(["train", "--config", TINY, "--shards", shards, "--run", str(tmp_path / "r"), "--nproc", "2",
+                     "--accelerator", "cpu", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "DS_ACCELERATOR=cpu" in out.split("# resolved config")[0]
+    assert yaml.safe_load(out.split("# resolved config")[1].split("# deepspeed config")[0])[
+        "deepspeed"]["accelerator"] == "cpu"
+    assert launch_env("auto", 2, hostfile=True) == {}, "multi-node auto: nothing decided on the launcher"
+    assert launch_env("cuda", 4, hostfile=True) == {"DS_ACCELERATOR": "cuda"}
+
+
+def test_hostfile_runs_carry_a_named_accelerator_in_a_deepspeed_env_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / ".deepspeed_env").write_text("NCCL_DEBUG=INFO\nDS_ACCELERATOR=cpu\n")
+    added = deepspeed_env_file({"DS_ACCELERATOR": "cuda"}, str(tmp_path))
+    lines = open(added["DS_ENV_FILE"]).read().splitlines()
+    assert lines == ["NCCL_DEBUG=INFO", "DS_ACCELERATOR=cuda"], "the user's file is kept, the accelerator replaced"
+    assert deepspeed_env_file({}, str(tmp_path)) == {}
+
+
+def test_cuda_accelerator_on_a_host_without_cuda_is_one_line_exit_2(capsys, shards, tmp_path):
+    from trainer import main as trainer_main  # imports deepspeed and open_clip
+
+    code = trainer_main.main(["--config", TINY, "--set", f"run.shards={shards}", "--set", f"run.dir={tmp_path}",
+                              "--set", "deepspeed.accelerator=cuda"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "'deepspeed.accelerator' is cuda" in err and "\n" not in err
 
 
 def test_hostfile_world_size_and_prometheus_targets(tmp_path, shards):

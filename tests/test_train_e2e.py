@@ -32,6 +32,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from data_shards.jsonl_log import read_jsonl
 from tests.shard_fixtures import break_sample, into_shards, make_samples, write_shard_folder
 
 pytestmark = pytest.mark.slow
@@ -139,10 +140,9 @@ def _skipped(body: str, reason: str) -> float:
         return 0.0
 
 
-def _keys_by_step(text: str) -> dict[int, list[str]]:
+def _keys_by_step(uri: str) -> dict[int, list[str]]:
     out = {}
-    for line in text.splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(uri):
         out[record["step"]] = record["keys"]  # a resumed run overwrites the steps the killed run logged last
     return out
 
@@ -166,7 +166,7 @@ def zero2_run(s3_server, s3_shards, tmp_path_factory) -> dict:
 
 def test_zero2_bf16_loss_falls_and_metrics_answer(zero2_run):
     fs, run = zero2_run["fs"], zero2_run["run"]
-    records = [json.loads(line) for line in fs.cat_file(f"{run}/logs/train.jsonl").decode().splitlines()]
+    records = read_jsonl(f"{run}/logs/train.jsonl")  # an object-store log: one part object per record
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     losses = [r["loss"] for r in records]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -217,22 +217,21 @@ def test_zero1_killed_after_checkpoint_resumes_with_the_next_unseen_samples(zero
     args = _train_args(s3_shards, str(run), 1, _free_port_pair())
     proc = _start(args, tmp_path / "killed.txt")
     latest, keys = run / "checkpoints" / "latest", run / "debug/keys-rank0.jsonl"
-    while proc.poll() is None and not (latest.exists() and max(_keys_by_step(keys.read_text())) > EVERY + 1):
+    while proc.poll() is None and not (latest.exists() and max(_keys_by_step(str(keys))) > EVERY + 1):
         time.sleep(0.1)  # kill a couple of steps past the checkpoint: the resume must rewind to it
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.txt").read_text()[-3000:]
     assert latest.read_text() == f"step_{EVERY}"
-    killed_at = max(_keys_by_step(keys.read_text()))
+    killed_at = max(_keys_by_step(str(keys)))
     assert EVERY < killed_at < STEPS, "the run was not killed between its checkpoint and its end"
 
     log = tmp_path / "resumed.txt"
     _finish(_start(args, log), log)
     assert f"resumed from step {EVERY}" in log.read_text()
-    fs = zero2_run["fs"]
     for rank in (0, 1):
-        reference = _keys_by_step(fs.cat_file(f"{zero2_run['run']}/debug/keys-rank{rank}.jsonl").decode())
-        resumed = _keys_by_step((run / f"debug/keys-rank{rank}.jsonl").read_text())
+        reference = _keys_by_step(f"{zero2_run['run']}/debug/keys-rank{rank}.jsonl")
+        resumed = _keys_by_step(str(run / f"debug/keys-rank{rank}.jsonl"))
         assert sorted(resumed) == list(range(1, STEPS + 1))
         assert resumed == reference, f"rank {rank}: sample keys differ from the uninterrupted run"
     print(f"zero1 killed after step {killed_at}, resumed from step {EVERY}: keys of {STEPS} steps x 2 ranks equal")

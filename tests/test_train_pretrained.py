@@ -15,7 +15,7 @@ import torch
 
 from configs.loader import ConfigError
 from configs.train import ModelConfig
-from eval.checkpoints import EXPORT_WEIGHTS
+from data_shards.run_layout import EXPORT_WEIGHTS
 from trainer.model import build, export, resolve_weights
 
 NAME = "cityscale-coca-nano-32"

@@ -16,8 +16,11 @@ otherwise, so their gradient is counted once (open_clip counts it accum_freq tim
 the cache pass is skipped. The recomputed forward must equal the cached one: the models have no dropout
 (a model with dropout would need its RNG replayed).
 
-The stepper is anything with `forward(images, texts) -> outputs` and `backward(loss)`;
-`trainer/engine.py` provides the DeepSpeed one (which also counts the micro-step), tests a plain module.
+The model's inputs are the loss's business (`loss.model_inputs`): the text losses pass the micro-batch through;
+SimCLR flattens its two views per tile into adjacent rows and passes no text, which keeps each tile's pair in
+one micro-batch and so in the pool. The stepper is anything with `forward(images, texts) -> outputs` and
+`backward(loss)`; `trainer/engine.py` provides the DeepSpeed one (which also counts the micro-step), tests a
+plain module.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ Micro = tuple[torch.Tensor, torch.Tensor]  # (images, texts)
 
 
 class Stepper(Protocol):
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def forward(self, images: torch.Tensor, texts: torch.Tensor | None) -> dict[str, torch.Tensor]: ...
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -49,9 +52,10 @@ def split_micro(images: torch.Tensor, texts: torch.Tensor, micro_batch: int) -> 
     return list(zip(images.split(micro_batch), texts.split(micro_batch)))
 
 
-def _cache(stepper: Stepper, micro: list[Micro], keys: tuple[str, ...]) -> list[dict[str, torch.Tensor]]:
+def _cache(stepper: Stepper, loss_fn: Loss, micro: list[Micro]) -> list[dict[str, torch.Tensor]]:
     with torch.no_grad():
-        return [{k: v for k, v in stepper.forward(im, tx).items() if k in keys} for im, tx in micro]
+        outputs = [stepper.forward(*loss_fn.model_inputs(im, tx)) for im, tx in micro]
+    return [{k: v for k, v in out.items() if k in loss_fn.pooled_keys} for out in outputs]
 
 
 def _pool(cached: list[dict[str, torch.Tensor]], live: dict[str, torch.Tensor], j: int,
@@ -65,10 +69,10 @@ def _pool(cached: list[dict[str, torch.Tensor]], live: dict[str, torch.Tensor], 
     return out
 
 
-def _forward(stepper: Stepper, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The model's outputs; a captioning model gets its labels from the text when it does not return them
-    (open_clip after 3.3, KNOWN_PITFALLS #7): the next token at every position."""
-    outputs = stepper.forward(images, texts)
+def _forward(stepper: Stepper, loss_fn: Loss, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's outputs on the loss's inputs; a captioning model gets its labels from the text when it does
+    not return them (open_clip after 3.3, docs/pitfalls.md): the next token at every position."""
+    outputs = stepper.forward(*loss_fn.model_inputs(images, texts))
     if "logits" in outputs and "labels" not in outputs:
         outputs["labels"] = texts[:, 1:].to(outputs["logits"].device)
     return outputs
@@ -77,10 +81,10 @@ def _forward(stepper: Stepper, images: torch.Tensor, texts: torch.Tensor) -> dic
 def train_step(stepper: Stepper, loss_fn: Loss, micro: list[Micro]) -> StepResult:
     """Forward/backward of one optimizer step over `micro` (the optimizer update is the stepper's business)."""
     loss_fn.start_step(torch.cat([texts for _, texts in micro]))
-    cached = _cache(stepper, micro, loss_fn.pooled_keys) if len(micro) > 1 else [{}]
+    cached = _cache(stepper, loss_fn, micro) if len(micro) > 1 else [{}]
     summed: dict[str, float] = {}
     for j, (images, texts) in enumerate(micro):
-        live = _forward(stepper, images, texts)
+        live = _forward(stepper, loss_fn, images, texts)
         outputs = _pool(cached, live, j, loss_fn.pooled_keys, loss_fn.shared_keys) if len(micro) > 1 else live
         terms = loss_fn(outputs)
         stepper.backward(sum(terms.values()))

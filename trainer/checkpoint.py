@@ -9,9 +9,9 @@ A published checkpoint folder holds
     COMPLETE                         written once every file above is in place
 
 and `RUN/checkpoints/latest` (the folder name) is written after COMPLETE, so a reader that follows `latest`
-never sees a partial checkpoint. DeepSpeed writes to a local folder: for a local run that is
-`RUN/checkpoints/.tmp-step_{N}`, renamed into place (atomic); for `s3://` runs it is a staging folder on each
-node's local disk, uploaded by the node's local rank 0, then marked COMPLETE. The last `keep_last`
+never sees a partial checkpoint (names and markers: data_shards/run_layout.py). DeepSpeed writes to a local
+folder: for a local run that is `RUN/checkpoints/.tmp-step_{N}`, renamed into place (atomic); for `s3://` runs
+it is a staging folder on each node's local disk, uploaded by the node's local rank 0, then marked COMPLETE. The last `keep_last`
 complete checkpoints are kept. Everything is loaded through `torch.load(weights_only=True)` or safetensors.
 
 The checkpointer owns its cadence (`maybe_save`): every `every_steps` steps and at the last step.
@@ -20,7 +20,6 @@ The checkpointer owns its cadence (`maybe_save`): every `every_steps` steps and 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -28,12 +27,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import fsspec
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from configs.train import CheckpointConfig
-from eval.checkpoints import COMPLETE, LATEST, checkpoint_name, step_of
+from data_shards.run_layout import checkpoint_name, checkpoints_uri, list_complete, mark_complete, read_latest
+from data_shards.storage import is_local_fs, url_to_fs
 from trainer import dist
 from trainer.dist import DistInfo
 
@@ -76,9 +74,10 @@ class Checkpointer:
     def __init__(self, cfg: CheckpointConfig, run_dir: str, *, total_steps: int, info: DistInfo, engine: Saveable,
                  export: Any) -> None:
         self.cfg, self.total_steps, self.info, self.engine, self.export = cfg, total_steps, info, engine, export
-        self.fs, root = fsspec.core.url_to_fs(f"{run_dir.rstrip('/')}/checkpoints")
+        self.run_dir = run_dir
+        self.fs, root = url_to_fs(checkpoints_uri(run_dir))
         self.root = root.rstrip("/")
-        self.local = isinstance(self.fs, LocalFileSystem)
+        self.local = is_local_fs(self.fs)
         digest = hashlib.sha1(run_dir.encode()).hexdigest()[:12]
         self.stage_root = self.root if self.local else os.path.join(tempfile.gettempdir(), f"cityscale-{digest}")
 
@@ -124,15 +123,8 @@ class Checkpointer:
         if not self.local:
             dist.barrier()  # sync point: all nodes uploaded before the checkpoint is marked complete
         if self.info.is_main:
-            marker = {"step": step, "world_size": self.info.world_size}
-            self._write(f"{final}/{COMPLETE}", json.dumps(marker))
-            self._write(f"{self.root}/{LATEST}", name)  # last: readers follow it
+            mark_complete(self.run_dir, name, {"step": step, "world_size": self.info.world_size})
             self._prune()
-
-    def _write(self, path: str, text: str) -> None:
-        tmp = f"{path}.tmp"
-        self.fs.pipe_file(tmp, text.encode())
-        self.fs.mv(tmp, path)
 
     def _prune(self) -> None:
         for name in self.complete()[:-self.cfg.keep_last]:
@@ -140,17 +132,12 @@ class Checkpointer:
 
     def complete(self) -> list[str]:
         """Published checkpoint folder names, oldest first."""
-        if not self.fs.exists(self.root):
-            return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-        steps = [n for n in names if step_of(n) is not None and self.fs.exists(f"{self.root}/{n}/{COMPLETE}")]
-        return sorted(steps, key=step_of)
+        return [ref.name for ref in list_complete(self.run_dir)]
 
     # ------------------------------------------------------------------ restore
 
     def latest(self) -> str | None:
-        path = f"{self.root}/{LATEST}"
-        return self.fs.cat_file(path).decode().strip() if self.fs.exists(path) else None
+        return read_latest(self.run_dir)
 
     def restore(self) -> Restored | None:
         """Load the latest published checkpoint into the engine and RNG; None when there is none (or resume off)."""
@@ -178,4 +165,4 @@ class Checkpointer:
         return folder
 
 
-__all__ = ["Checkpointer", "Restored", "rng_state", "set_rng_state", "LATEST", "COMPLETE", "DS_TAG"]
+__all__ = ["Checkpointer", "Restored", "rng_state", "set_rng_state", "DS_TAG"]

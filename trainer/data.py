@@ -8,12 +8,10 @@ the step's batch was consumed, so a resumed run continues with the next unseen b
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
-import fsspec
-
 from configs.data import LoaderConfig
+from data_shards.jsonl_log import JsonlLog
 from data_shards.reader import Batch, Manifest, ShardLoader
 from data_shards.tokenize import CaptionTokenizer
 from trainer.model import BuiltModel, train_transform
@@ -52,19 +50,16 @@ def build_stream(cfg: LoaderConfig, manifest: Manifest, built: BuiltModel, *, pe
 
 
 class KeyLog:
-    """Appends `{"step", "keys"}` per step to a JSONL file (debug.log_sample_keys); checks exact resume."""
+    """Appends `{"step", "keys"}` per step to a JSONL log (debug.log_sample_keys); checks exact resume."""
 
     def __init__(self, uri: str) -> None:
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        self._file = fs.open(path, "a")
+        self._log = JsonlLog(uri)
 
     def log(self, step: int, keys: list[str]) -> None:
-        self._file.write(json.dumps({"step": step, "keys": keys}) + "\n")
-        self._file.flush()
+        self._log.append({"step": step, "keys": keys})
 
     def close(self) -> None:
-        self._file.close()
+        self._log.close()
 
 
 class NullKeyLog:

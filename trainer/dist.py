@@ -63,12 +63,3 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """`obj` from rank `src` on every rank."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

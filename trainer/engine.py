@@ -26,6 +26,7 @@ from typing import Any
 
 import deepspeed
 import torch
+from deepspeed.accelerator import get_accelerator
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -52,8 +53,9 @@ def init_distributed(rank: int) -> None:
     On CPU, DeepSpeed also maps a 66 MB POSIX shared-memory all-reduce buffer per rank and never unlinks it:
     every run would leave ranks x 66 MB in /dev/shm until reboot. Once all ranks have mapped each other's
     buffers (the barrier), each rank unlinks its own name; the mappings stay valid until the process exits."""
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
+    on_cuda = get_accelerator().device_name() == "cuda"  # DS_ACCELERATOR, or DeepSpeed's detection on this host
+    deepspeed.init_distributed(dist_backend="nccl" if on_cuda else "gloo")
+    if on_cuda:
         return
     deepspeed.comm.barrier()  # sync point: every rank has opened every other rank's buffer
     name = f"{SHM_BUFFER}_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}_{rank}"
@@ -70,8 +72,9 @@ class Engine:
         self.clip = clip  # None: DeepSpeed clips; a max norm (0 = none): we do, see the module docstring
         self._grad_norm: torch.Tensor | None = None
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.ds(images.to(self.ds.device, self.dtype), texts.to(self.ds.device))
+    def forward(self, images: torch.Tensor, texts: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The model's named outputs; texts None (an image-only loss) leaves the text tower out."""
+        return self.ds(images.to(self.ds.device, self.dtype), None if texts is None else texts.to(self.ds.device))
 
     def backward(self, loss: torch.Tensor) -> None:
         # our per-micro-batch losses are summed, not averaged: no 1/gas factor (trainer/ds_config.py)

@@ -1,6 +1,6 @@
 """Contrastive losses over negatives gathered from all ranks.
 
-Both losses take the model's named outputs and return named terms (the total is their sum), so a CoCa
+The losses take the model's named outputs and return named terms (the total is their sum), so a CoCa
 captioning term is one more loss class, not a change to the loop. Each loss declares:
 
 - `pooled_keys`: per-sample outputs whose rows form the negative pool. The feature-cache accumulation
@@ -21,6 +21,13 @@ the text decoder (teacher forcing, pad tokens ignored). The captioning term is p
 micro-batch adds its token losses (`summed_terms`), divided by the step's token count over all ranks / ranks
 (one all-reduce per step, in `start_step`), so ranks x micro-batches again equal one process on the whole
 batch (open_clip averages per rank, which differs when ranks hold different token counts).
+
+SimCLR (NT-Xent, Chen et al. 2020; the image-only control): the loader gives two augmented views of each
+tile, `model_inputs` interleaves them (rows 2i and 2i+1 are tile i) and drops the text, so the text tower
+is not run. Each of the 2N views is scored against every other view of the step gathered from all ranks
+(self-similarity masked) at a fixed temperature; its positive is its twin. Rank r's rows sit at r x 2B_local
+in the gathered pool, and feature-cache micro-batches keep each pair together, so ranks x micro-batches
+again equal one process on the whole batch. `trained_prefixes` freezes everything but the image tower.
 
 The logit scale is clamped inside the loss (`logit_scale_max`, open_clip's ln 100): the effective scale is
 the same as clamping the parameter after each step, and it needs no access to the parameter, which under
@@ -51,6 +58,10 @@ class Loss(Protocol):
 
     def start_step(self, texts: torch.Tensor) -> None: ...
 
+    def model_inputs(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the model's forward gets for one micro-batch of the loader (text None: no text tower)."""
+        ...
+
     def __call__(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
     def logit_scale(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
@@ -67,6 +78,9 @@ class _Contrastive:
 
     def start_step(self, texts: torch.Tensor) -> None:
         pass
+
+    def model_inputs(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return images, texts
 
     def logit_scale(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return clamp_scale(outputs["logit_scale"], self.max_scale)
@@ -137,6 +151,9 @@ class CoCa:
         count = (texts[:, 1:] != self.pad_id).sum().to(torch.float64)
         self._tokens = max(float(self.all_reduce(count)) / self.world_size, 1.0)  # sync point: all ranks
 
+    def model_inputs(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.contrastive.model_inputs(images, texts)
+
     def logit_scale(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.contrastive.logit_scale(outputs)
 
@@ -149,10 +166,47 @@ class CoCa:
         return terms
 
 
+@dataclass
+class SimCLR:
+    """NT-Xent over the two views of each tile, negatives from every rank, at a fixed temperature."""
+    rank: int
+    world_size: int
+    temperature: float = 0.5
+    gather: Gather = field(default=dist.gather_with_grad, repr=False)
+    pooled_keys: tuple[str, ...] = ("image_features",)
+    shared_keys: tuple[str, ...] = ()
+    summed_terms: tuple[str, ...] = ()
+
+    def start_step(self, texts: torch.Tensor) -> None:
+        pass
+
+    def model_inputs(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """[B, 2, 3, H, W] -> [2B, 3, H, W] with the views of tile i at rows 2i, 2i + 1; no text."""
+        if images.dim() < 3 or images.shape[1] != 2:
+            raise ValueError(f"simclr needs two views per tile, images [B, 2, ...] (data.views: 2), "
+                             f"got shape {tuple(images.shape)}")
+        return images.flatten(0, 1), None
+
+    def logit_scale(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.tensor(1.0 / self.temperature)
+
+    def __call__(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        views = F.normalize(outputs["image_features"].float(), dim=-1)  # cosine similarity (model output is unit)
+        pool = self.gather(views)  # sync point: all ranks gather in step
+        n = views.shape[0]
+        rows = torch.arange(n, device=views.device)
+        own = torch.zeros(n, pool.shape[0], dtype=torch.bool, device=views.device)
+        own[rows, rows + self.rank * n] = True
+        logits = (views @ pool.T / self.temperature).masked_fill(own, float("-inf"))  # no self-similarity
+        return {"contrastive": F.cross_entropy(logits, (rows ^ 1) + self.rank * n)}  # positive: the twin view
+
+
 def build_loss(cfg: LossConfig, *, rank: int, world_size: int, captioning: bool = False, pad_id: int = 0) -> Loss:
     """The configured loss; `captioning` (a CoCa model, see trainer/model.py) adds the decoder's term."""
     if cfg.kind == "siglip":
         return SigLIP(rank=rank, world_size=world_size, max_scale=cfg.logit_scale_max)
+    if cfg.kind == "simclr":  # image only: a CoCa model's decoder is not trained either
+        return SimCLR(rank=rank, world_size=world_size, temperature=cfg.temperature)
     infonce = InfoNCE(rank=rank, world_size=world_size, local_loss=cfg.local_loss, max_scale=cfg.logit_scale_max)
     if not captioning:
         return infonce
@@ -167,4 +221,11 @@ def model_kwargs(cfg: LossConfig) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["Loss", "InfoNCE", "SigLIP", "CoCa", "clamp_scale", "build_loss", "model_kwargs"]
+def trained_prefixes(cfg: LossConfig) -> tuple[str, ...]:
+    """Names of the parameters the loss trains, by prefix (the rest is frozen, trainer/model.py `freeze`):
+    simclr trains the image tower only (open_clip's `visual.*`); the others train everything."""
+    return ("visual.",) if cfg.kind == "simclr" else ("",)
+
+
+__all__ = ["Loss", "InfoNCE", "SigLIP", "CoCa", "SimCLR", "clamp_scale", "build_loss", "model_kwargs",
+           "trained_prefixes"]

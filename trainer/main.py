@@ -14,18 +14,19 @@ import json
 import logging
 import sys
 
-import fsspec
 import torch
 
 from configs.loader import ConfigError, dump_yaml, read_yaml
 from configs.train import TrainConfig, load_train_config
 from data_shards.reader import Manifest
+from data_shards.run_layout import CONFIG_FILE, DEEPSPEED_FILE
+from data_shards.storage import join, write_text
 from trainer import dist, engine, model, preflight
 from trainer.checkpoint import Checkpointer
 from trainer.data import build_stream, key_log
 from trainer.ds_config import deepspeed_config
 from trainer.loop import Trainer, train
-from trainer.loss import build_loss, model_kwargs
+from trainer.loss import build_loss, model_kwargs, trained_prefixes
 from trainer.metrics import build_sink
 
 log = logging.getLogger("trainer")
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 def prepare(cfg: TrainConfig, world_size: int) -> tuple[Manifest, str | None, dict]:
     """Every check that can fail on user input: manifest, model name, weights, override file."""
     manifest = preflight.check(cfg, world_size)
+    if cfg.deepspeed.accelerator == "cuda" and not torch.cuda.is_available():  # checked here, on the target host
+        raise ConfigError("config key 'deepspeed.accelerator' is cuda but this host has no usable CUDA device: "
+                          "run on GPU hosts, or pass --accelerator auto (or cpu)")
     weights = model.resolve_weights(cfg.model)
     overrides = read_yaml(cfg.deepspeed.overrides) if cfg.deepspeed.overrides else {}
     return manifest, weights, overrides
@@ -67,6 +71,7 @@ def run(cfg: TrainConfig, info: dist.DistInfo, manifest: Manifest, weights: str 
     engine.init_distributed(info.rank)
     torch.manual_seed(cfg.run.seed)
     built = model.build(cfg.model, weights, model_kwargs(cfg.loss))
+    model.freeze(built.module, trained_prefixes(cfg.loss))
     ds_dict = deepspeed_config(batch=cfg.batch, optim=cfg.optim, schedule=cfg.schedule, zero=cfg.deepspeed,
                                steps=cfg.run.steps, world_size=info.world_size, overrides=overrides)
     if info.is_main:
@@ -95,13 +100,8 @@ def run(cfg: TrainConfig, info: dist.DistInfo, manifest: Manifest, weights: str 
 
 def _write_run_files(cfg: TrainConfig, ds_dict: dict) -> None:
     """The resolved config and the generated DeepSpeed dict, next to the run's logs and checkpoints."""
-    root = cfg.run.dir.rstrip("/")
-    fs, path = fsspec.core.url_to_fs(root)
-    fs.makedirs(path, exist_ok=True)
-    with fsspec.open(f"{root}/config.yaml", "w") as f:
-        f.write(dump_yaml(cfg))
-    with fsspec.open(f"{root}/deepspeed.json", "w") as f:
-        json.dump(ds_dict, f, indent=1)
+    write_text(join(cfg.run.dir, CONFIG_FILE), dump_yaml(cfg))
+    write_text(join(cfg.run.dir, DEEPSPEED_FILE), json.dumps(ds_dict, indent=1))
 
 
 if __name__ == "__main__":

@@ -12,18 +12,18 @@ Prometheus sink adds to counters, and values (loss, lr, ...), which it sets as g
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
-import fsspec
 import psutil
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from tqdm import tqdm
 
 from configs.train import MetricsConfig
+from data_shards.jsonl_log import JsonlLog
+from data_shards.run_layout import train_log_uri
 from trainer.dist import DistInfo
 
 COUNTS = ("samples", "steps", "tokens")  # per-step increments; "skipped/<reason>" too
@@ -91,20 +91,17 @@ class PrometheusSink:
 
 
 class JsonlSink:
-    """One JSON object per `every` steps; flushed per line (visible at once locally, at close on s3)."""
+    """One JSON object per `every` steps, visible at once (a line locally, a part object on object stores)."""
 
     def __init__(self, uri: str, every: int) -> None:
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        self.file, self.every = fs.open(path, "a"), every
+        self.log_file, self.every = JsonlLog(uri), every
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if step % self.every == 0:
-            self.file.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-            self.file.flush()
+            self.log_file.append({"step": step, "time": time.time(), **metrics})
 
     def close(self) -> None:
-        self.file.close()
+        self.log_file.close()
 
 
 class TensorBoardSink:
@@ -146,7 +143,7 @@ def build_sink(cfg: MetricsConfig, *, run_dir: str, info: DistInfo, total_steps:
         run = run_dir.rstrip("/").rsplit("/", 1)[-1]
         sinks.append(PrometheusSink(cfg.host, cfg.port_base + info.rank, run, info.rank))
     if info.is_main:
-        sinks.append(JsonlSink(f"{run_dir.rstrip('/')}/logs/train.jsonl", cfg.log_every))
+        sinks.append(JsonlSink(train_log_uri(run_dir), cfg.log_every))
         if cfg.tensorboard:
             sinks.append(TensorBoardSink(f"{run_dir.rstrip('/')}/tensorboard", cfg.log_every))
         if cfg.progress:

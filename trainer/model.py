@@ -30,7 +30,7 @@ from configs.data import AugmentConfig
 from configs.loader import ConfigError
 from configs.train import ModelConfig
 from data_shards.augment import tile_transform
-from eval.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS
+from data_shards.run_layout import EXPORT_CONFIG, EXPORT_WEIGHTS
 
 MODELS_DIR = Path(configs.__file__).resolve().parent / "models"
 open_clip.add_model_config(MODELS_DIR)
@@ -110,6 +110,17 @@ def pad_id(module: torch.nn.Module) -> int:
     return int(getattr(module, "pad_id", 0))
 
 
+def freeze(module: torch.nn.Module, trained: tuple[str, ...]) -> None:
+    """Stop the gradient of every parameter whose name starts with none of `trained` (("",) keeps all).
+
+    Frozen parameters stay out of the optimizer (`param_groups`), so DeepSpeed never waits for a gradient
+    a loss does not produce (SimCLR's unused text tower) and weight decay leaves them as they were; they are
+    still in the state dict, so the export is a whole open_clip model."""
+    for name, p in module.named_parameters():
+        if not name.startswith(trained):
+            p.requires_grad_(False)
+
+
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on weight matrices; none on gains, biases, logit scale/bias (open_clip's rule)."""
     def exclude(name: str, p: torch.Tensor) -> bool:
@@ -139,5 +150,5 @@ def export(state_dict: dict[str, torch.Tensor], built: BuiltModel, folder: str, 
         json.dump({"model_cfg": built.model_cfg, "preprocess_cfg": built.preprocess_cfg}, f, indent=1)
 
 
-__all__ = ["BuiltModel", "MODELS_DIR", "resolve_weights", "build", "is_captioner", "pad_id", "param_groups",
-           "train_transform", "export", "EXPORT_CONFIG", "EXPORT_WEIGHTS"]
+__all__ = ["BuiltModel", "MODELS_DIR", "resolve_weights", "build", "is_captioner", "pad_id", "freeze",
+           "param_groups", "train_transform", "export", "EXPORT_CONFIG", "EXPORT_WEIGHTS"]

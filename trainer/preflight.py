@@ -49,9 +49,10 @@ def check(cfg: TrainConfig, world_size: int) -> Manifest:
     """All launch-time checks; returns the manifest. Raises ConfigError (one line, naming the key)."""
     cfg.check_runnable(world_size)
     check_model_name(cfg.model.name)
-    if "multimodal_cfg" in model_configs()[cfg.model.name] and cfg.loss.kind != "infonce":
+    if "multimodal_cfg" in model_configs()[cfg.model.name] and cfg.loss.kind == "siglip":
         raise ConfigError(f"config key 'loss.kind': {cfg.model.name} is a CoCa model, trained with InfoNCE plus "
-                          f"captioning (open_clip's CoCaLoss); {cfg.loss.kind!r} is not supported: set loss.kind=infonce")
+                          f"captioning (open_clip's CoCaLoss) or image-only simclr; {cfg.loss.kind!r} is not "
+                          "supported: set loss.kind=infonce")
     if cfg.metrics.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config key 'metrics.tensorboard' is true but tensorboard is not installed: "
                           "`pip install tensorboard` or set it to false")
