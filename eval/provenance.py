@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 
-from configs.loader import ConfigError, read_yaml
+import yaml
+
+from configs.loader import ConfigError
 from data_shards.reader import Manifest, read_manifest
 from data_shards.run_layout import CHECKPOINTS_DIR, CONFIG_FILE
-from data_shards.storage import join
+from data_shards.storage import join, read_text
 from eval.report_schema import TrainingData
 
 
@@ -41,8 +43,9 @@ def training_data(checkpoint_uri: str) -> TrainingData | None:
     if run is None:
         return None
     try:
-        shards = (read_yaml(join(run, CONFIG_FILE)).get("run") or {}).get("shards") or ""
-    except ConfigError:
+        config = yaml.safe_load(read_text(join(run, CONFIG_FILE)))
+        shards = str((config.get("run") or {}).get("shards") or "")
+    except (FileNotFoundError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
         return {"shards": "", "note": f"no readable {CONFIG_FILE} in the run folder {run}"}
     if not shards:
         return {"shards": "", "note": f"{run}/{CONFIG_FILE} names no run.shards"}
