@@ -232,7 +232,7 @@ def transfer_bench(args: argparse.Namespace) -> dict:
                 continue
             report = evaluate(ckpt, target, os.path.join(args.out, "reports", f"{tag}-on-{args.city_b.lower()}"),
                               os.path.join(args.out, "logs", f"eval-{tag}-on-{args.city_b.lower()}.log"),
-                              ["split_gap.enabled=false", *args.set])
+                              ["split_gap.enabled=false", "baselines.caption=false", *args.set])
             for ind in INDICATORS:
                 sets = probe_sets(report, ind)
                 if HEADLINE in sets:
