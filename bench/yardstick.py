@@ -124,7 +124,7 @@ def predictions(result: dict, block: int) -> dict | None:
     if not pred:
         return None
     return {"true": np.asarray(pred["true_log"]), "pred": np.asarray(pred["mlp_log"]), "keys": pred["keys"],
-            "blocks": [block_of(int(x), int(y), block) for x, y in zip(pred["x"], pred["y"])]}
+            "blocks": ["{}_{}".format(*block_of(int(x), int(y), block)) for x, y in zip(pred["x"], pred["y"])]}
 
 
 def best_of(report: dict, indicator: str) -> str:
