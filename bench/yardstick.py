@@ -16,9 +16,10 @@ sign test over the seeds (one-sided: the recipe is better) and a paired bootstra
 test split's spatial blocks (the same resample for both sides and every seed; p = share of resamples whose mean
 margin is <= 0).
 
-transfer: two synthetic cities A and B (names `--city-a`, `--city-b`, different layouts). For each seed the
-recipe is trained on A and on B; both checkpoints are probed on B's shards (probe fitted on B's train split,
-scored on B's test split): A->B against B->B, per indicator, mean +- std over seeds.
+transfer: two synthetic cities A and B (names `--city-a`, `--city-b`: different layouts, district palettes and
+seasons). For each seed the recipe is trained on A and on B (B's runs are the seeds bench's, reused); both
+checkpoints are probed on B's shards (probe fitted on B's train split, scored on B's test split): A->B
+against B->B, per indicator, mean +- std over seeds.
 
 Results go to `--out` (default bench_out/yardstick): runs, reports, `seeds.md`/`transfer.md` and JSON. Reruns
 reuse finished runs and reports (delete the folder to start over).
@@ -42,7 +43,7 @@ from data_shards.splits import block_of  # noqa: E402
 OUT = "bench_out/yardstick"
 INDICATORS = ("population", "carbon", "gdp")
 HEADLINE = "image"
-BLOCK = 4  # tiles per side of a bootstrap block: the shard builder's default spatial block
+BLOCK = 8  # tiles per side of a bootstrap block: the shard builder's default spatial block (split.block_size)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -118,56 +119,75 @@ def probe_sets(report: dict, indicator: str) -> dict[str, dict]:
     return next(iter(regression.values())).get(indicator, {})
 
 
-def baseline_sets(report: dict) -> list[str]:
-    """The report's baseline feature sets (eval/report_schema.py BASELINES, as the report lists them)."""
-    return list(report.get("baselines", {}).get("sets", [])) or ["random_init", "color_hist"]
-
-
 def predictions(result: dict, block: int) -> dict | None:
     pred = result.get("predictions")
     if not pred:
         return None
     return {"true": np.asarray(pred["true_log"]), "pred": np.asarray(pred["mlp_log"]), "keys": pred["keys"],
-            "blocks": [block_of(int(x), int(y), block) for x, y in zip(pred["x"], pred["y"])]}
+            "blocks": ["{}_{}".format(*block_of(int(x), int(y), block)) for x, y in zip(pred["x"], pred["y"])]}
+
+
+def best_of(report: dict, indicator: str) -> str:
+    """The report's own best baseline of the (single) city for one indicator (eval/report_schema.py Margin)."""
+    margins = next(iter(report["baselines"]["margins"].values()))
+    return margins[indicator]["best"]
+
+
+def compare(reports: list[dict], indicator: str, other: str | None, resamples: int) -> dict | None:
+    """The headline image features against `other` (None: each report's best baseline) over the training seeds:
+    per-seed margins (mean R2 over probe seeds), sign test, paired block bootstrap."""
+    margins, names, pairs = [], [], []
+    for report in reports:
+        sets = probe_sets(report, indicator)
+        name = other or best_of(report, indicator)
+        if HEADLINE not in sets or name not in sets or "mlp" not in sets[name]:
+            return None
+        margins.append(sets[HEADLINE]["mlp"]["r2"] - sets[name]["mlp"]["r2"])
+        names.append(name)
+        a, b = predictions(sets[HEADLINE], BLOCK), predictions(sets[name], BLOCK)
+        if a and b and a["keys"] == b["keys"]:
+            pairs.append({"true": a["true"], "a": a["pred"], "b": b["pred"], "blocks": a["blocks"]})
+    return {"margin": margins, "against": names, "sign_p": sign_test_p(margins),
+            "bootstrap_p": block_bootstrap_p(pairs, resamples) if len(pairs) == len(margins) else None}
+
+
+COMPARISONS = (None, "color_hist", "random_init", "simclr", "caption_minilm")
 
 
 def seed_table(reports: list[dict], resamples: int) -> dict:
-    """indicator -> {sets: {name: [R2 per seed]}, margin: [...], best: [...], sign_p, bootstrap_p}."""
+    """indicator -> {"sets": {feature set: [R2 per seed]}, "vs": {comparison: compare(...)}}."""
     out = {}
     for ind in INDICATORS:
         per_set: dict[str, list[float]] = {}
-        margins, bests, pairs = [], [], []
         for report in reports:
-            sets = probe_sets(report, ind)
-            if HEADLINE not in sets:
-                break
-            for name, res in sets.items():
-                per_set.setdefault(name, []).append(res["mlp"]["r2"])
-            base = {n: sets[n]["mlp"]["r2"] for n in baseline_sets(report) if n in sets}
-            best = max(base, key=base.get)
-            margins.append(sets[HEADLINE]["mlp"]["r2"] - base[best])
-            bests.append(best)
-            a, b = predictions(sets[HEADLINE], BLOCK), predictions(sets[best], BLOCK)
-            if a and b and a["keys"] == b["keys"]:
-                pairs.append({"true": a["true"], "a": a["pred"], "b": b["pred"], "blocks": a["blocks"]})
-        if not margins:
+            for name, res in probe_sets(report, ind).items():
+                if "mlp" in res:
+                    per_set.setdefault(name, []).append(res["mlp"]["r2"])
+        if HEADLINE not in per_set:
             continue
-        out[ind] = {"sets": per_set, "margin": margins, "best": bests, "sign_p": sign_test_p(margins),
-                    "bootstrap_p": block_bootstrap_p(pairs, resamples) if len(pairs) == len(margins) else None}
+        vs = {other or "best baseline": compare(reports, ind, other, resamples) for other in COMPARISONS}
+        out[ind] = {"sets": per_set, "vs": {k: v for k, v in vs.items() if v is not None}}
     return out
 
 
 def seeds_markdown(table: dict, meta: dict) -> str:
-    names = sorted({n for row in table.values() for n in row["sets"]}, key=lambda n: (n != HEADLINE, n))
-    lines = [f"test R2 (MLP probe), mean +- std over {meta['seeds']} training seeds; {meta['what']}", "",
-             "| indicator | " + " | ".join(names) + " | margin over best baseline | best baseline | sign p | "
-             "block bootstrap p |", "|---" * (len(names) + 5) + "|"]
+    order = ("image", "text", "image+text", "random_init", "color_hist", "simclr", "caption_minilm")
+    names = [n for n in order if any(n in row["sets"] for row in table.values())]
+    lines = [f"test R2 (MLP probe, mean over probe seeds), mean ± std over {meta['seeds']} training seeds; "
+             f"{meta['what']}", "", "| indicator | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for ind, row in table.items():
         cells = ["{:.3f} ± {:.3f}".format(*mean_std(row["sets"][n])) if n in row["sets"] else "-" for n in names]
-        m, s = mean_std(row["margin"])
-        boot = f"{row['bootstrap_p']:.4f}" if row["bootstrap_p"] is not None else "-"
-        lines.append(f"| {ind} | " + " | ".join(cells) + f" | **{m:+.3f} ± {s:.3f}** | "
-                     f"{', '.join(sorted(set(row['best'])))} | {row['sign_p']:.3f} | {boot} |")
+        lines.append(f"| {ind} | " + " | ".join(cells) + " |")
+    lines += ["", "image features minus the other, per training seed (mean ± std); one-sided p-values that the "
+              "image features are not better", "", "| indicator | against | margin | per seed | sign test p | "
+              "block bootstrap p |", "|---|---|---|---|---|---|"]
+    for ind, row in table.items():
+        for label, c in row["vs"].items():
+            m, s = mean_std(c["margin"])
+            against = label if label != "best baseline" else f"best baseline ({', '.join(sorted(set(c['against'])))})"
+            boot = f"{c['bootstrap_p']:.4f}" if c["bootstrap_p"] is not None else "-"
+            seeds = ", ".join(f"{v:+.3f}" for v in c["margin"])
+            lines.append(f"| {ind} | {against} | **{m:+.3f} ± {s:.3f}** | {seeds} | {c['sign_p']:.3f} | {boot} |")
     return "\n".join(lines) + "\n"
 
 
@@ -183,9 +203,13 @@ def seeds_bench(args: argparse.Namespace) -> dict:
                        os.path.join(logs, f"recipe-s{k}.log"))
         control = train(args.control, shards, os.path.join(args.out, "runs", f"control-s{k}"), args.steps, k,
                         os.path.join(logs, f"control-s{k}.log"))
+        if args.train_only:
+            continue
         reports.append(evaluate(recipe, shards, os.path.join(args.out, "reports", f"s{k}"),
                                 os.path.join(logs, f"eval-s{k}.log"),
                                 [f"baselines.simclr_checkpoint={control}", "probe.keep_predictions=all", *args.set]))
+    if args.train_only:
+        return {"markdown": f"trained {args.seeds} seeds of the recipe and the control\n"}
     table = seed_table(reports, args.bootstrap)
     meta = {"seeds": args.seeds, "what": f"{args.recipe} vs controls, {args.steps} steps, {args.tiles} tiles of "
                                         f"{args.size} px, nuisance {args.nuisance}, spatial-block test split"}
@@ -193,24 +217,33 @@ def seeds_bench(args: argparse.Namespace) -> dict:
 
 
 def transfer_bench(args: argparse.Namespace) -> dict:
-    data = {c: prepare_shards(os.path.join(args.out, f"data-{c.lower()}"), args.tiles, args.size, city=c,
-                              nuisance=args.nuisance) for c in (args.city_a, args.city_b)}
-    target = data[args.city_b]
+    """A->B against B->B; B is the seeds bench's city and its recipe runs are reused (same data, same runs)."""
+    target = prepare_shards(os.path.join(args.out, "data"), args.tiles, args.size, city=args.city_b,
+                            nuisance=args.nuisance)
+    source = prepare_shards(os.path.join(args.out, f"data-{args.city_a.lower()}"), args.tiles, args.size,
+                            city=args.city_a, nuisance=args.nuisance)
     rows: dict[str, dict[str, list[float]]] = {}
     for k in range(args.seeds):
-        for source in (args.city_a, args.city_b):
-            tag = f"{source.lower()}-s{k}"
-            ckpt = train(args.recipe, data[source], os.path.join(args.out, "runs", tag), args.steps, k,
-                         os.path.join(args.out, "logs", f"train-{tag}.log"))
+        runs = {args.city_a: (source, f"recipe-{args.city_a.lower()}-s{k}"), args.city_b: (target, f"recipe-s{k}")}
+        for city, (shards, tag) in runs.items():
+            ckpt = train(args.recipe, shards, os.path.join(args.out, "runs", tag), args.steps, k,
+                         os.path.join(args.out, "logs", f"{tag}.log"))
+            if args.train_only:
+                continue
             report = evaluate(ckpt, target, os.path.join(args.out, "reports", f"{tag}-on-{args.city_b.lower()}"),
-                              os.path.join(args.out, "logs", f"eval-{tag}.log"), list(args.set))
+                              os.path.join(args.out, "logs", f"eval-{tag}-on-{args.city_b.lower()}.log"),
+                              ["split_gap.enabled=false", "baselines.caption=false", *args.set])
             for ind in INDICATORS:
                 sets = probe_sets(report, ind)
                 if HEADLINE in sets:
-                    rows.setdefault(ind, {}).setdefault(f"{source}->{args.city_b}", []).append(sets[HEADLINE]["mlp"]["r2"])
+                    rows.setdefault(ind, {}).setdefault(f"{city}->{args.city_b}", []).append(
+                        sets[HEADLINE]["mlp"]["r2"])
+    if args.train_only:
+        return {"markdown": f"trained {args.seeds} seeds on {args.city_a} and {args.city_b}\n"}
     cols = [f"{args.city_a}->{args.city_b}", f"{args.city_b}->{args.city_b}"]
-    lines = [f"test R2 on {args.city_b} (image features, MLP probe), mean +- std over {args.seeds} seeds", "",
-             "| indicator | " + " | ".join(cols) + " | gap |", "|---|---|---|---|"]
+    lines = [f"test R2 on {args.city_b} (image features, MLP probe), mean +- std over {args.seeds} training seeds; "
+             f"{args.steps} steps, {args.tiles} tiles of {args.size} px per city, nuisance {args.nuisance}", "",
+             "| indicator | " + " | ".join(cols) + " | A->B minus B->B |", "|---|---|---|---|"]
     for ind, by in rows.items():
         a, b = mean_std(by[cols[0]]), mean_std(by[cols[1]])
         lines.append(f"| {ind} | {a[0]:.3f} ± {a[1]:.3f} | {b[0]:.3f} ± {b[1]:.3f} | {a[0] - b[0]:+.3f} |")
@@ -230,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--city-a", default="Trainville")
     p.add_argument("--city-b", default="Evalton")
     p.add_argument("--bootstrap", type=int, default=2000, help="block bootstrap resamples")
+    p.add_argument("--train-only", action="store_true", help="train every run, evaluate nothing yet")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="eval config override")
     p.add_argument("--out", default=OUT)
     args = p.parse_args(argv)

@@ -36,6 +36,10 @@ class ProbeConfig:
                            default=0.125)
     standardise_features: bool = doc("z-score each embedding dimension with train statistics before the MLP "
                                      "(UrbanCLIP feeds the raw embeddings)", default=True)
+    keep_predictions: Literal["headline", "all"] = doc(
+        "test-tile predictions kept in report.json: for the headline image probe (scatter plot, maps), or for "
+        "every feature set (paired block-bootstrap tests between feature sets, bench/yardstick.py)",
+        default="headline")
 
     def validate(self, path: str) -> None:
         if self.hidden < 1:

@@ -115,7 +115,8 @@ def _city_parts(train: SplitData, val: SplitData | None, test: SplitData, city: 
 def indicator_probes(train: SplitData, val: SplitData | None, test: SplitData, indicators: list[str],
                      sets: dict[str, Features], cfg: ProbeConfig, progress: bool = True,
                      memo: EvalMemo | None = None) -> dict:
-    """city -> indicator -> feature set -> probe result; predictions kept for the headline set only."""
+    """city -> indicator -> feature set -> probe result; test predictions kept for the headline set only, or for
+    every set with `probe.keep_predictions: all`."""
     cities = sorted(set(test.cities))
     names = _usable_indicators(test, indicators)
     out: dict = {}
@@ -128,7 +129,7 @@ def indicator_probes(train: SplitData, val: SplitData | None, test: SplitData, i
                 x = _stack(parts, features)
                 for name in names:
                     res = _fit(x, _stack(parts, lambda d: d.values(name)), spans, cfg, memo)
-                    if set_name == HEADLINE:
+                    if set_name == HEADLINE or cfg.keep_predictions == "all":
                         _with_tiles(res, test, parts[2][1], len(x) - len(spans[2]))
                     else:
                         res.pop("predictions", None)

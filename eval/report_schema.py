@@ -75,7 +75,7 @@ class ProbeResult(TypedDict):
     mlp: SeedSpread
     mlp_per_seed: list[Metrics]  # in the order of `report.seeds`
     ridge: RidgeMetrics
-    predictions: NotRequired[Predictions]  # headline feature set only
+    predictions: NotRequired[Predictions]  # headline feature set (every set with probe.keep_predictions: all)
 
 
 class Skipped(TypedDict):

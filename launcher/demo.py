@@ -2,12 +2,14 @@
 
 The one-command tour of the three services on embedded defaults, sized for a 2-core laptop-class machine:
 
-1. draw a synthetic city (`cityscale synth`), reused when the same one is already there;
+1. draw a synthetic city (`cityscale synth --nuisance realistic`: season, sun, haze, district palettes, so colour
+   alone does not give the indicators away), reused when the same one is already there;
 2. build shards with Ray into the default object store, a local folder (`DEMO_S3=1`: a local S3 API server
    on 127.0.0.1 and `s3://`); the builder skips shards already published, so a second demo reuses them;
-3. train the tiny CPU recipe on 2 gloo ranks (ZeRO-2, bf16) while an eval worker probes each checkpoint;
-4. print a summary: throughput, final test R2 per indicator against the random-init and colour-histogram
-   baselines and the margin over the best baseline of the report, retrieval R@5, and the path of the HTML
+3. train the recipe's image-only SimCLR twin (the control for "text helps"), then the tiny CPU recipe on 2 gloo
+   ranks (ZeRO-2, bf16) while an eval worker probes each checkpoint against the twin and the other baselines;
+4. print a summary: throughput, final test R2 per indicator beside the random-init, colour-histogram, SimCLR
+   and caption-only baselines, the margin over the best of them, retrieval R@5, and the path of the HTML
    report index.
 
 Each step runs as a child process in its own process group; Ctrl-C (or any failure) stops every one of them,
@@ -31,10 +33,12 @@ from configs.train import load_train_config
 from data_shards.jsonl_log import read_jsonl
 from data_shards.run_layout import list_complete, train_log_uri
 from eval.report import EVAL_DIR, has_report, read_json, report_uri
-from eval.report_schema import COLOR_HIST, HEADLINE, RANDOM_INIT, Report, margin_rows, mlp_r2, probe_rows, recall
+from eval.report_schema import (CAPTION_MINILM, COLOR_HIST, HEADLINE, RANDOM_INIT, SIMCLR, Report, margin_rows, mlp_r2,
+                                probe_rows, recall)
 
 ROOT = Path(__file__).resolve().parents[1]
 CITY = "Demoville"
+NUISANCE = "realistic"
 DEMO_CONFIG = str(ROOT / "configs/train/demo-cpu.yaml")
 DEMO_EVAL_CONFIG = str(ROOT / "configs/eval/demo-cpu.yaml")
 
@@ -117,11 +121,12 @@ def object_store(out: Path, use_s3: bool):
 def synth_city(children: Children, folder: Path, tiles: int, seed: int) -> None:
     """Draw the city unless the same one (tiles, seed) is already there."""
     marker = folder / "demo-city.json"
-    want = {"city": CITY, "tiles": tiles, "seed": seed}
+    want = {"city": CITY, "tiles": tiles, "seed": seed, "nuisance": NUISANCE}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         print(f"[demo] reusing the synthetic city in {folder}")
         return
-    children.run(_cli("synth", "--out", str(folder), "--city", CITY, "--tiles", str(tiles), "--seed", str(seed)))
+    children.run(_cli("synth", "--out", str(folder), "--city", CITY, "--tiles", str(tiles), "--seed", str(seed),
+                      "--nuisance", NUISANCE))
     marker.write_text(json.dumps(want))
 
 
@@ -134,14 +139,28 @@ def build_shards(children: Children, city: Path, shards: str, env: dict[str, str
                       "--out", shards, "--workers", "2", "--set", "split.block_size=4"), env)
 
 
-def train_and_watch(children: Children, shards: str, run: str, steps: int, env: dict[str, str],
+# the image-only control of the demo recipe: the same config with the SimCLR objective (docs/methods/simclr-control.md)
+TWIN_OVERRIDES = ("loss.kind=simclr", "data.views=2")
+
+
+def train_twin(children: Children, shards: str, run: str, steps: int, env: dict[str, str]) -> None:
+    """The SimCLR twin of the demo recipe (same model, steps, batch, data), trained first so that every report
+    of the main run carries it as a baseline."""
+    print("[demo] training the image-only SimCLR twin (the control for 'text helps')")
+    sets = [item for kv in TWIN_OVERRIDES for item in ("--set", kv)]
+    children.run(_cli("train", "--config", DEMO_CONFIG, "--shards", shards, "--run", run, "--steps", str(steps),
+                      "--nproc", "2", *sets, "--set", "metrics.progress=false"), env)
+
+
+def train_and_watch(children: Children, shards: str, run: str, twin: str, steps: int, env: dict[str, str],
                     logs: Path) -> int:
     """Training in the foreground, the eval worker beside it; returns training's exit code."""
     train = children.start(_cli("train", "--config", DEMO_CONFIG, "--shards", shards,
                                 "--run", run, "--steps", str(steps), "--nproc", "2"), env)
     watcher = children.start(_cli("eval", "watch", "--run", run, "--shards", shards, "--no-progress",
                                   "--config", DEMO_EVAL_CONFIG,  # caption embeddings kept for the next demo
-                                  "--set", f"eval.baselines.cache_dir={logs.parent / 'eval-cache'}"),
+                                  "--set", f"eval.baselines.cache_dir={logs.parent / 'eval-cache'}",
+                                  "--set", f"eval.baselines.simclr_checkpoint={twin}"),
                              env, log=logs / "eval-worker.log")
     print(f"[demo] eval worker running beside training (log: {logs / 'eval-worker.log'})")
     code = train.wait()
@@ -190,11 +209,11 @@ def summary_lines(report: Report, speed: dict[str, float], index: str) -> list[s
     retrieval, where to look."""
     lines = [f"throughput: {speed['total']:.0f} samples/s over 2 ranks ({speed['per_rank']:.0f} per rank)",
              f"final checkpoint: step {report['checkpoint']['step']}",
-             f"{'city':<10} {'indicator':<11} {'pretrained':>10} {'random-init':>11} {'colour-hist':>11}  "
-             f"{'margin over the best baseline':<40}"]
+             f"{'city':<10} {'indicator':<11} {'pretrained':>10} {'random-init':>11} {'colour-hist':>11} "
+             f"{'simclr':>11} {'caption':>11}  {'margin over the best baseline':<40}"]
     margin = {(c, i): m for c, i, m in margin_rows(report)}
     for city, indicator in sorted({(r.city, r.indicator) for r in probe_rows(report)}):
-        r2 = [mlp_r2(report, city, indicator, k) for k in (HEADLINE, RANDOM_INIT, COLOR_HIST)]
+        r2 = [mlp_r2(report, city, indicator, k) for k in (HEADLINE, RANDOM_INIT, COLOR_HIST, SIMCLR, CAPTION_MINILM)]
         cells = " ".join(f"{v:>11.3f}" if v is not None else f"{'-':>11}" for v in r2)
         m = margin.get((city, indicator))
         best = f"{m['margin']:+.3f} ± {m['margin_std']:.3f} over {m['best']} ({m['best_r2']:.3f})" if m else "-"
@@ -234,7 +253,8 @@ def run_demo(args: argparse.Namespace, children: Children) -> list[str]:
         build_shards(children, out / "city", shards, env)
         run = f"{store}/runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
         steps = args.steps or load_train_config(DEMO_CONFIG, []).run.steps
-        code = train_and_watch(children, shards, run, steps, env, logs)
+        train_twin(children, shards, f"{run}-simclr", steps, env)
+        code = train_and_watch(children, shards, run, f"{run}-simclr", steps, env, logs)
         if code != 0:
             raise DemoStepFailed(f"training exited with code {code}")
         lines = summary_lines(final_report(run), throughput(run), f"{run}/{EVAL_DIR}/index.html")
