@@ -30,12 +30,14 @@ def ray_head():
     """A separate Ray head (`ray start --head --block`) on loopback ports of its own, so it does not collide with
     the test session's Ray; terminating the blocking process tears it down."""
     port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    # node address 127.0.0.2: Ray rewrites 127.0.0.1 to the machine's non-loopback address (docs/pitfalls.md,
+    # "Ray multi-node on one machine"), and nothing here may talk to that address.
     # no token to hand around on a throwaway loopback head; no RAY_* variables of the session's own Ray; and
     # `python` on PATH is this venv's, as a cluster image's python is the one with the project installed
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                             "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                             "--port", str(port), "--node-ip-address", "127.0.0.2", "--num-cpus", "2",
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                              "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent)],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
