@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,10 @@ RESERVE_TIMEOUT = 120.0  # seconds to wait for the cluster to grant the workers'
 QUEUED_PER_WORKER = 1  # tasks waiting in Ray's queue per worker, besides the running one
 
 
+# Ray rewrites a node address of 127.0.0.1 (or localhost) to the machine's non-loopback address, and keeps other
+# loopback addresses (docs/pitfalls.md, "Ray multi-node on one machine"); on Linux all of 127/8 is loopback.
+LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
+
 def connect(cfg: RayConfig) -> bool:
     """Join `cfg.address` (or $RAY_ADDRESS, which `ray job submit` sets for its entrypoint), else start a local
     Ray with `num_workers` CPUs. True when this call connected (`session` then shuts it down). An already
@@ -49,7 +54,7 @@ def connect(cfg: RayConfig) -> bool:
     else:
         # a local instance serves this machine only: keep it on loopback
         ray.init(address="local", num_cpus=cfg.num_workers, include_dashboard=False, logging_level=logging.WARNING,
-                 _node_ip_address="127.0.0.1")
+                 _node_ip_address=LOCAL_NODE_IP)
     return True
 
 

@@ -60,7 +60,9 @@ def ray_local(s3_server):
     """A local Ray with 2 CPUs; yields its GCS address (for drivers started in subprocesses)."""
     import ray  # here, not at the top: keeps test collection fast
 
+    from data_shards.ray_tasks import LOCAL_NODE_IP  # loopback that Ray keeps as given
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             _node_ip_address="127.0.0.1")
+             _node_ip_address=LOCAL_NODE_IP)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
