@@ -32,7 +32,7 @@ from configs.loader import ConfigError
 from configs.train import load_train_config
 from data_shards.jsonl_log import read_jsonl
 from data_shards.run_layout import list_complete, train_log_uri
-from eval.report import EVAL_DIR, has_report, read_json, report_uri
+from eval.report import EVAL_DIR, has_report, read_json, report_uri, write_index
 from eval.report_schema import (CAPTION_MINILM, COLOR_HIST, HEADLINE, RANDOM_INIT, SIMCLR, Report, margin_rows, mlp_r2,
                                 probe_rows, recall)
 
@@ -257,7 +257,11 @@ def run_demo(args: argparse.Namespace, children: Children) -> list[str]:
         code = train_and_watch(children, shards, run, f"{run}-simclr", steps, env, logs)
         if code != 0:
             raise DemoStepFailed(f"training exited with code {code}")
-        lines = summary_lines(final_report(run), throughput(run), f"{run}/{EVAL_DIR}/index.html")
+        report = final_report(run)
+        # the worker rebuilds the index right after each report.json, but the demo stops it as soon as the last
+        # report exists: rebuild it here (from the reports, as the worker does) so the printed link is complete
+        write_index(f"{run}/{EVAL_DIR}")
+        lines = summary_lines(report, throughput(run), f"{run}/{EVAL_DIR}/index.html")
     lines.append(f"demo took {time.time() - started:.0f} s")
     return lines
 
