@@ -92,3 +92,14 @@ def test_two_writers_on_one_s3_log_lose_nothing_and_a_restart_continues_after_th
     restarted.close()
     assert read_jsonl(uri)[-1]["i"] == 20, "a new writer's parts sort after the existing ones"
     assert s3_server.fs().exists(parts_folder(uri).removeprefix("s3://"))
+
+
+def test_remote_seconds_gathers_a_fast_loop_into_one_part_on_s3(versioned_bucket):
+    uri = f"s3://{VERSIONED_BUCKET}/runs/r4/logs/train.jsonl"
+    log = JsonlLog(uri, remote_seconds=3600.0)
+    for i in range(50):
+        log.append({"step": i})
+    assert read_jsonl(uri) == [], "nothing PUT inside the interval"
+    log.close()
+    assert [r["step"] for r in read_jsonl(uri)] == list(range(50))
+    assert _written(versioned_bucket, "runs/r4/")[0] == 1

@@ -53,7 +53,7 @@ class KeyLog:
     """Appends `{"step", "keys"}` per step to a JSONL log (debug.log_sample_keys); checks exact resume."""
 
     def __init__(self, uri: str) -> None:
-        self._log = JsonlLog(uri)
+        self._log = JsonlLog(uri, remote_seconds=10.0)  # object stores: one part per 10 s, not a PUT per step
 
     def log(self, step: int, keys: list[str]) -> None:
         self._log.append({"step": step, "keys": keys})

@@ -90,11 +90,14 @@ class PrometheusSink:
         self.server.shutdown()
 
 
+REMOTE_FLUSH_SECONDS = 10.0  # object-store logs: one part per 10 s, not a PUT in every step of the loop
+
+
 class JsonlSink:
     """One JSON object per `every` steps, visible at once (a line locally, a part object on object stores)."""
 
     def __init__(self, uri: str, every: int) -> None:
-        self.log_file, self.every = JsonlLog(uri), every
+        self.log_file, self.every = JsonlLog(uri, remote_seconds=REMOTE_FLUSH_SECONDS), every
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if step % self.every == 0:
