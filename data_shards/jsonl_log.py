@@ -10,8 +10,9 @@ over a run) and loses lines when two writers meet. So the log is stored two ways
                                                  ever write the same object)
 
 `read_jsonl(LOG)` returns the records of LOG (if it exists) followed by those of its parts in name order, i.e.
-in the order they were flushed. A flush happens every `flush_every` records and at `close()`, so on an object
-store each append costs at most one PUT of the records since the last flush: O(1) objects and O(record) bytes.
+in the order they were flushed. A flush happens every `flush_every` records (on object stores, with
+`remote_seconds` > 0, once that many seconds have passed instead) and at `close()`, so on an object store each
+append costs at most one PUT of the records since the last flush: O(1) objects and O(record) bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from data_shards.storage import is_local, join, list_folder, makedirs, open_uri, read_bytes, write_bytes
 
 PARTS_SUFFIX = ".parts"
+REMOTE_FLUSH_SECONDS = 10.0  # what a training loop's logs use on object stores: a part per 10 s, not a PUT per step
 _PART_RE = re.compile(r"^(\d{8})-[0-9a-f]+\.jsonl$")
 
 
@@ -112,4 +114,4 @@ def read_jsonl(uri: str) -> list[dict[str, Any]]:
     return records
 
 
-__all__ = ["JsonlLog", "read_jsonl", "parts_folder", "PARTS_SUFFIX"]
+__all__ = ["JsonlLog", "read_jsonl", "parts_folder", "PARTS_SUFFIX", "REMOTE_FLUSH_SECONDS"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from configs.data import LoaderConfig
-from data_shards.jsonl_log import JsonlLog
+from data_shards.jsonl_log import REMOTE_FLUSH_SECONDS, JsonlLog
 from data_shards.reader import Batch, Manifest, ShardLoader
 from data_shards.tokenize import CaptionTokenizer
 from trainer.model import BuiltModel, train_transform
@@ -53,7 +53,7 @@ class KeyLog:
     """Appends `{"step", "keys"}` per step to a JSONL log (debug.log_sample_keys); checks exact resume."""
 
     def __init__(self, uri: str) -> None:
-        self._log = JsonlLog(uri, remote_seconds=10.0)  # object stores: one part per 10 s, not a PUT per step
+        self._log = JsonlLog(uri, remote_seconds=REMOTE_FLUSH_SECONDS)
 
     def log(self, step: int, keys: list[str]) -> None:
         self._log.append({"step": step, "keys": keys})

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from tqdm import tqdm
 
 from configs.train import MetricsConfig
-from data_shards.jsonl_log import JsonlLog
+from data_shards.jsonl_log import REMOTE_FLUSH_SECONDS, JsonlLog
 from data_shards.run_layout import train_log_uri
 from trainer.dist import DistInfo
 
@@ -88,9 +88,6 @@ class PrometheusSink:
 
     def close(self) -> None:
         self.server.shutdown()
-
-
-REMOTE_FLUSH_SECONDS = 10.0  # object-store logs: one part per 10 s, not a PUT in every step of the loop
 
 
 class JsonlSink:
